@@ -1,0 +1,1 @@
+"""TFX-free helpers shared by the Pruner, the Quantizer and the CompressionEvaluator."""

@@ -1,0 +1,1 @@
+"""compression_evaluator component."""

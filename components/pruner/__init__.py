@@ -1,0 +1,1 @@
+"""pruner component."""

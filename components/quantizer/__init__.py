@@ -1,0 +1,1 @@
+"""quantizer component."""

@@ -1,0 +1,1 @@
+"""Pipelines: the digits demo, the penguin example, and the helper that appends compression."""

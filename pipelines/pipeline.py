@@ -1,0 +1,141 @@
+"""The demo pipeline: digits -> Trainer -> Pruner -> Quantizer -> gate -> Pusher.
+
+One ``create_pipeline(...)`` factory, in the shape of TFX's penguin example, used by
+the local runner, the Kubeflow runner, the tests and the benchmark.
+"""
+
+import os
+from typing import Any, Dict, List, Optional, Union
+
+import components  # noqa: F401  (puts Keras 2 in force before TFX imports TF)
+from components import CompressionEvaluator, Pruner, Quantizer
+from tfx import v1 as tfx
+
+DEMO_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           "digits_trainer.py")
+LABEL_KEY = "label"
+QUANTIZATION_CHOICES = ("none", "dynamic", "float16", "int8", "int16x8", "qat")
+
+
+def create_pipeline(
+    pipeline_name: str,
+    pipeline_root: str,
+    data_root: str,
+    serving_model_dir: str,
+    metadata_path: Optional[str] = None,
+    module_file: str = DEMO_MODULE,
+    train_steps: Union[int, Any] = 600,
+    eval_steps: int = 10,
+    target_sparsity: Union[float, Any] = 0.8,
+    sparsity_structure: str = "unstructured",
+    prune_steps: Union[int, Any] = 300,
+    quantization: str = "int8",
+    max_drop: Union[float, Any] = 0.01,
+    min_value: Optional[float] = None,
+    min_compression_ratio: Optional[float] = None,
+    enable_cache: bool = True,
+    beam_pipeline_args: Optional[List[str]] = None,
+    search_sparsities: Optional[str] = None,
+    pruner_kwargs: Optional[Dict[str, Any]] = None,
+    quantizer_kwargs: Optional[Dict[str, Any]] = None,
+    evaluator_kwargs: Optional[Dict[str, Any]] = None,
+) -> tfx.dsl.Pipeline:
+  """Builds the demo compression pipeline.
+
+  Args:
+    pipeline_name: name recorded in ML Metadata.
+    pipeline_root: where artifacts are written.
+    data_root: directory of CSV files (64 pixel columns and ``label``).
+    serving_model_dir: the Pusher's filesystem destination.
+    metadata_path: SQLite ML Metadata file (local runs); None for Kubeflow.
+    module_file: the Trainer module.
+    train_steps: Trainer steps.
+    eval_steps: Trainer evaluation steps.
+    target_sparsity: the Pruner's target.
+    sparsity_structure: 'unstructured', an M:N block such as '2:4', or 'channels'.
+    prune_steps: the Pruner's fine-tuning steps.
+    quantization: a Quantizer mode, or 'none' to gate the pruned SavedModel.
+    max_drop: allowed accuracy drop of the candidate (0.01 = one point).
+    min_value: optional absolute accuracy floor.
+    min_compression_ratio: optional size gate.
+    enable_cache: reuse results of unchanged steps.
+    beam_pipeline_args: Beam options for ExampleGen, StatisticsGen and the gate.
+    search_sparsities: when set (e.g. "0.5,0.6,0.7,0.8,0.9"), the Pruner
+      searches these sparsities step by step and keeps the sparsest that passes.
+    pruner_kwargs, quantizer_kwargs, evaluator_kwargs: more component parameters.
+
+  Returns:
+    The TFX pipeline.
+  """
+  if quantization not in QUANTIZATION_CHOICES:
+    raise ValueError(f"`quantization`={quantization!r} is not one of "
+                     f"{QUANTIZATION_CHOICES}.")
+  example_gen = tfx.components.CsvExampleGen(input_base=data_root)
+  statistics_gen = tfx.components.StatisticsGen(
+      examples=example_gen.outputs["examples"])
+  schema_gen = tfx.components.SchemaGen(
+      statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+  trainer = tfx.components.Trainer(
+      module_file=module_file,
+      examples=example_gen.outputs["examples"],
+      schema=schema_gen.outputs["schema"],
+      train_args=tfx.proto.TrainArgs(num_steps=train_steps),
+      eval_args=tfx.proto.EvalArgs(num_steps=eval_steps))
+
+  pruner_args = dict(
+      model=trainer.outputs["model"],
+      examples=example_gen.outputs["examples"],
+      schema=schema_gen.outputs["schema"],
+      label_key=LABEL_KEY,
+      target_sparsity=target_sparsity,
+      sparsity_structure=sparsity_structure,
+      train_steps=prune_steps,
+  )
+  if search_sparsities:
+    pruner_args.update(search_sparsities=search_sparsities, max_drop=max_drop)
+  pruner_args.update(pruner_kwargs or {})
+  pruner = Pruner(**pruner_args)
+  components_list = [example_gen, statistics_gen, schema_gen, trainer, pruner]
+
+  candidate = pruner.outputs["pruned_model"]
+  if quantization != "none":
+    quantizer = Quantizer(
+        model=pruner.outputs["pruned_model"],
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        label_key=LABEL_KEY,
+        quantization=quantization,
+        **(quantizer_kwargs or {}))
+    components_list.append(quantizer)
+    candidate = quantizer.outputs["quantized_model"]
+
+  evaluator = CompressionEvaluator(
+      baseline_model=trainer.outputs["model"],
+      candidate_model=candidate,
+      examples=example_gen.outputs["examples"],
+      schema=schema_gen.outputs["schema"],
+      label_key=LABEL_KEY,
+      metric="accuracy",
+      max_drop=max_drop,
+      min_value=min_value,
+      min_compression_ratio=min_compression_ratio,
+      **(evaluator_kwargs or {}))
+  pusher = tfx.components.Pusher(
+      model=candidate,
+      model_blessing=evaluator.outputs["blessing"],
+      push_destination=tfx.proto.PushDestination(
+          filesystem=tfx.proto.PushDestination.Filesystem(
+              base_directory=serving_model_dir)))
+  components_list += [evaluator, pusher]
+
+  return tfx.dsl.Pipeline(
+      pipeline_name=pipeline_name,
+      pipeline_root=pipeline_root,
+      components=components_list,
+      enable_cache=enable_cache,
+      metadata_connection_config=(
+          tfx.orchestration.metadata.sqlite_metadata_connection_config(
+              metadata_path) if metadata_path else None),
+      beam_pipeline_args=beam_pipeline_args or ["--direct_running_mode=in_memory",
+                                                "--direct_num_workers=1"],
+  )

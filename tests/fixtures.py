@@ -1,0 +1,101 @@
+"""Small, seeded test data and models: digits as TFX artifacts, without running a pipeline."""
+
+import os
+from typing import Dict, Optional
+
+import components  # noqa: F401  (Keras 2 before TensorFlow)
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from tensorflow_transform.tf_metadata import schema_utils
+from tfx.types import standard_artifacts
+from tfx.types import artifact_utils
+from tfx.utils import io_utils
+
+from pipelines import digits_data, digits_trainer
+
+FEATURES = digits_data.FEATURE_KEYS
+LABEL = digits_data.LABEL_KEY
+
+
+def digits_arrays():
+  from sklearn import datasets
+  d = datasets.load_digits()
+  return d.data.astype(np.int64), d.target.astype(np.int64)
+
+
+def _example(pixels, label) -> bytes:
+  feats = {k: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+           for k, v in zip(FEATURES, pixels)}
+  feats[LABEL] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)]))
+  return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+
+
+def feature_spec():
+  spec = {k: tf.io.FixedLenFeature([1], tf.int64) for k in FEATURES}
+  spec[LABEL] = tf.io.FixedLenFeature([1], tf.int64)
+  return spec
+
+
+def schema_proto():
+  return schema_utils.schema_from_feature_spec(feature_spec())
+
+
+def write_examples(root: str, splits: Optional[Dict[str, slice]] = None,
+                   limit: Optional[int] = None) -> standard_artifacts.Examples:
+  """Digits as an Examples artifact (gzip TFRecords, train = first 2/3, eval = rest)."""
+  x, y = digits_arrays()
+  if limit:
+    x, y = x[:limit], y[:limit]
+  n = len(y)
+  splits = splits or {"train": slice(0, 2 * n // 3), "eval": slice(2 * n // 3, n)}
+  art = standard_artifacts.Examples()
+  art.uri = os.path.join(root, "examples")
+  art.split_names = artifact_utils.encode_split_names(list(splits))
+  for name, sl in splits.items():
+    d = os.path.join(art.uri, f"Split-{name}")
+    os.makedirs(d, exist_ok=True)
+    with tf.io.TFRecordWriter(os.path.join(d, "data_tfrecord-00000-of-00001.gz"),
+                              options="GZIP") as w:
+      for px, lb in zip(x[sl], y[sl]):
+        w.write(_example(px, lb))
+  return art
+
+
+def write_schema(root: str) -> standard_artifacts.Schema:
+  art = standard_artifacts.Schema()
+  art.uri = os.path.join(root, "schema")
+  os.makedirs(art.uri, exist_ok=True)
+  io_utils.write_pbtxt_file(os.path.join(art.uri, "schema.pbtxt"), schema_proto())
+  return art
+
+
+def train_digits_model(steps: int = 150, seed: int = 0) -> keras.Model:
+  """The demo CNN, trained briefly in memory on the train split."""
+  keras.utils.set_random_seed(seed)
+  x, y = digits_arrays()
+  n = 2 * len(y) // 3
+  model = digits_trainer.build_model()
+  feats = {k: x[:n, i:i + 1].astype(np.float32) for i, k in enumerate(FEATURES)}
+  ds = tf.data.Dataset.from_tensor_slices((feats, y[:n])).shuffle(
+      2048, seed=seed).repeat().batch(64)
+  model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+  return model
+
+
+def save_trainer_model(model: keras.Model, root: str,
+                       name: str = "model") -> standard_artifacts.Model:
+  """Saves like the demo Trainer: Keras SavedModel with serving_default, Format-Serving."""
+  art = standard_artifacts.Model()
+  art.uri = os.path.join(root, name)
+  path = os.path.join(art.uri, "Format-Serving")
+  spec = {k: v for k, v in feature_spec().items() if k != LABEL}
+  model.save(path, save_format="tf",
+             signatures=digits_trainer.make_serving_signatures(model, spec))
+  return art
+
+
+def serialized_eval_examples(n: int = 16):
+  x, y = digits_arrays()
+  start = 2 * len(y) // 3
+  return [_example(px, lb) for px, lb in zip(x[start:start + n], y[start:start + n])]

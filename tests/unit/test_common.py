@@ -1,0 +1,139 @@
+"""Tests for the shared helpers: thresholds, sizes and sparsity, decoding, loading."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.common import features, model_io, model_stats, thresholds
+from tests import fixtures
+
+
+class TestThresholds:
+
+  def test_needs_a_quality_threshold(self):
+    with pytest.raises(ValueError, match="max_drop"):
+      thresholds.GateThresholds(metric="accuracy")
+
+  def test_unknown_metric_lists_known(self):
+    with pytest.raises(ValueError, match="accuracy.*"):
+      thresholds.GateThresholds(metric="acuracy", max_drop=0.01)
+
+  @pytest.mark.parametrize("kwargs,match", [
+      (dict(max_drop=-0.1), "max_drop"),
+      (dict(max_relative_drop=1.5), "max_relative_drop"),
+      (dict(min_value=-0.5), "min_value"),
+      (dict(max_drop=0.01, min_compression_ratio=0), "min_compression_ratio"),
+      (dict(max_drop=0.01, max_latency_ratio=-1), "max_latency_ratio"),
+      (dict(metric="crossentropy", min_value=0.1), "contradicts"),
+  ])
+  def test_bad_values_name_the_parameter(self, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+      thresholds.GateThresholds(**kwargs)
+
+  def test_bad_type(self):
+    with pytest.raises(TypeError, match="max_drop"):
+      thresholds.GateThresholds(max_drop="0.01")
+
+  def test_drop_within_limit_passes(self):
+    t = thresholds.GateThresholds(max_drop=0.01)
+    checks = t.check({"accuracy": 0.97}, {"accuracy": 0.961})
+    assert [c.passed for c in checks] == [True]
+
+  def test_drop_over_limit_fails_with_reason(self):
+    t = thresholds.GateThresholds(max_drop=0.01, min_value=0.5)
+    checks = t.check({"accuracy": 0.97}, {"accuracy": 0.95})
+    assert [c.passed for c in checks] == [False, True]
+    sentence = thresholds.verdict_sentence(checks)
+    assert sentence.startswith("NOT BLESSED") and "max_drop" in sentence
+
+  def test_nan_never_passes(self):
+    t = thresholds.GateThresholds(max_drop=1.0, max_relative_drop=0.9,
+                                  min_value=0.0)
+    checks = t.check({"accuracy": 0.9}, {"accuracy": float("nan")})
+    assert not any(c.passed for c in checks)
+
+  def test_lower_is_better_metric(self):
+    t = thresholds.GateThresholds(metric="loss", max_drop=0.05)
+    assert t.metric == "crossentropy"
+    assert t.check({"crossentropy": 0.10}, {"crossentropy": 0.14})[0].passed
+    assert not t.check({"crossentropy": 0.10}, {"crossentropy": 0.20})[0].passed
+
+  def test_efficiency_checks(self):
+    t = thresholds.GateThresholds(max_drop=0.01, min_compression_ratio=4,
+                                  max_latency_ratio=1.0)
+    checks = t.check({"accuracy": 0.9}, {"accuracy": 0.9},
+                     compression_ratio=3.0, latency_ratio=0.5)
+    assert [c.name for c in checks if not c.passed] == ["min_compression_ratio"]
+
+
+class TestModelStats:
+
+  def test_sparsity_counts_kernels(self):
+    import tf_keras as keras
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4)])
+    k, b = m.layers[0].get_weights()
+    k[:2] = 0
+    m.layers[0].set_weights([k, b])
+    stats = model_stats.sparsity_stats(m)
+    assert stats["sparsity"] == pytest.approx(0.5)
+    assert stats["param_count"] == 20
+    assert stats["zero_count"] == 8 + 4  # zeroed kernel rows + zero biases
+
+  def test_gzip_shrinks_zeros(self):
+    zeros = np.zeros(10000, np.float32)
+    rand = np.random.default_rng(0).normal(size=10000).astype(np.float32)
+    assert model_stats.weights_gzip_bytes([zeros]) < model_stats.weights_gzip_bytes([rand]) / 10
+
+
+class TestDecoderAndLoading:
+
+  def test_decodes_examples_into_model_inputs(self, examples_artifact, model_artifact):
+    model = model_io.load_keras_model(model_io.serving_dir(model_artifact.uri))
+    dec = features.ExampleDecoder(fixtures.schema_proto(), "label",
+                                  features.keras_input_specs(model))
+    ds = dec.dataset([os.path.join(examples_artifact.uri, "Split-eval", "*")],
+                     batch_size=8)
+    feats, label = next(iter(ds))
+    assert set(feats) == set(fixtures.FEATURES)
+    assert feats["pixel_00"].shape == (8, 1) and feats["pixel_00"].dtype == tf.float32
+    assert label.shape == (8,)
+    probs = model(feats)
+    assert probs.shape == (8, 10)
+
+  def test_missing_label_names_it(self, model_artifact):
+    model = model_io.load_keras_model(model_io.serving_dir(model_artifact.uri))
+    with pytest.raises(features.DataError, match="'lable'"):
+      features.ExampleDecoder(fixtures.schema_proto(), "lable",
+                              features.keras_input_specs(model))
+
+  def test_empty_split_is_an_error(self, tmp_path):
+    d = tmp_path / "Split-train"
+    d.mkdir()
+    with tf.io.TFRecordWriter(str(d / "data.gz"), options="GZIP"):
+      pass
+    with pytest.raises(features.DataError, match="empty"):
+      features.list_files([str(d / "*")], "train")
+
+  def test_loading_refuses_non_keras(self, tmp_path):
+    class M(tf.Module):
+      @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+      def f(self, x):
+        return x
+    tf.saved_model.save(M(), str(tmp_path / "m"))
+    with pytest.raises(model_io.ModelLoadError, match="without Keras metadata"):
+      model_io.load_keras_model(str(tmp_path / "m"))
+    with pytest.raises(model_io.ModelLoadError, match="no saved_model.pb"):
+      model_io.load_keras_model(str(tmp_path / "nothing"))
+
+  def test_staged_output_leaves_nothing_on_failure(self, tmp_path):
+    final = str(tmp_path / "out" / "Format-Serving")
+    with pytest.raises(RuntimeError):
+      with model_io.staged_output(final) as stage:
+        open(os.path.join(stage, "half"), "w").close()
+        raise RuntimeError("boom")
+    assert not os.path.exists(final)
+    with model_io.staged_output(final) as stage:
+      open(os.path.join(stage, "done"), "w").close()
+    assert os.listdir(final) == ["done"]
