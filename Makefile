@@ -1,0 +1,44 @@
+# The README's two commands: `make demo` and `make test`. Each creates .venv/ when it
+# is missing and installs the project with the pinned versions in constraints.txt.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PIP_VERSION := 26.3
+ARGS ?=
+
+.PHONY: demo test install kubeflow benchmark clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' || { \
+	  echo "error: this project needs CPython 3.11 as '$(PYTHON)' (found: $$($(PYTHON) --version 2>&1)). Install python3.11 or run: make PYTHON=/path/to/python3.11 $(MAKECMDGOALS)" >&2; exit 2; }
+	@if [ ! -x $(PY) ]; then \
+	  $(PYTHON) -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); \
+	    echo "error: '$(PYTHON) -m venv' failed: install the venv module, e.g. 'apt-get install python3-venv' (Debian/Ubuntu), then re-run make." >&2; exit 2; }; \
+	fi
+	$(PY) -m pip install --quiet --disable-pip-version-check "pip==$(PIP_VERSION)"
+	# TFX 1.16 declares Requires-Python <3.11 but runs on 3.11 (constraints.txt).
+	$(PY) -m pip install --quiet --disable-pip-version-check --ignore-requires-python \
+	  -c constraints.txt -e ".[test]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m pipelines.local_runner $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest tests $(ARGS)
+
+# Compile the pipeline for Kubeflow Pipelines v2 / Vertex AI Pipelines (nothing is
+# uploaded or run); every step runs IMAGE, built from docker/Dockerfile:
+#   make kubeflow IMAGE=<name:tag> PIPELINE_ROOT=<uri> DATA_ROOT=<uri> [ARGS="--max-drop 0.02"]
+# Writes outputs/kubeflow/digits-compression.json (Vertex AI) and .yaml (Kubeflow
+# Pipelines) and prints their paths. More options: .venv/bin/python -m pipelines.kubeflow_runner --help
+kubeflow: $(STAMP)
+	@$(PY) -m pipelines.kubeflow_runner --image="$(IMAGE)" \
+	  --pipeline-root="$(PIPELINE_ROOT)" --data-root="$(DATA_ROOT)" $(ARGS)
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,150 @@
+"""Runs the demo compression pipeline locally with LocalDagRunner.
+
+    python -m pipelines.local_runner --help
+
+Beam's DirectRunner does the data work; ML Metadata is a SQLite file under the output
+directory. Everything goes under ``--output-dir`` (default ``outputs/``):
+``pipeline_root/``, ``metadata.sqlite``, ``serving_model/`` (the push destination) and,
+when ``--data-dir`` is not given, ``data/digits.csv``.
+"""
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+from typing import List, Optional
+import warnings
+
+# A quiet console: TensorFlow's C++ start-up chatter and google-api deprecation
+# notices hide the lines that matter. Set TF_CPP_MIN_LOG_LEVEL=0 to see them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+# Kept in step with pipelines.pipeline.QUANTIZATION_CHOICES (checked by a test);
+# not imported from there so that --help and argument errors need no TensorFlow.
+QUANTIZATION_CHOICES = ("none", "dynamic", "float16", "int8", "int16x8", "qat")
+DEFAULTS = dict(output_dir="outputs", train_steps=600, prune_steps=300,
+                target_sparsity=0.8, sparsity_structure="unstructured",
+                quantization="int8", max_drop=0.01, pipeline_name="digits_compression")
+
+
+class _Parser(argparse.ArgumentParser):
+  """Errors on one line with exit code 2 (argparse's usage block is noise in CI logs)."""
+
+  def error(self, message):
+    self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = _Parser(
+      prog="python -m pipelines.local_runner",
+      description="Run the digits compression pipeline (Trainer -> Pruner -> "
+                  "Quantizer -> CompressionEvaluator -> Pusher) with LocalDagRunner.")
+  p.add_argument("--output-dir", default=DEFAULTS["output_dir"],
+                 help="where the pipeline root, the SQLite metadata and the pushed "
+                      "model go (default: %(default)s)")
+  p.add_argument("--data-dir", default=None,
+                 help="directory of CSV files with 64 pixel columns and `label` "
+                      "(default: scikit-learn's digits, written to "
+                      "<output-dir>/data)")
+  p.add_argument("--train-steps", type=int, default=DEFAULTS["train_steps"],
+                 help="Trainer steps (default: %(default)s)")
+  p.add_argument("--prune-steps", type=int, default=DEFAULTS["prune_steps"],
+                 help="Pruner fine-tuning steps (default: %(default)s)")
+  p.add_argument("--target-sparsity", type=float, default=DEFAULTS["target_sparsity"],
+                 help="fraction of weights (or channels) to remove, in [0, 1) "
+                      "(default: %(default)s)")
+  p.add_argument("--sparsity-structure", default=DEFAULTS["sparsity_structure"],
+                 help="unstructured, an M:N block such as 2:4, or channels "
+                      "(default: %(default)s)")
+  p.add_argument("--search-sparsities", default=None,
+                 help="comma-separated sparsities to try step by step, keeping the "
+                      "sparsest that passes the gate (e.g. 0.5,0.6,0.7,0.8,0.9)")
+  p.add_argument("--quantization", default=DEFAULTS["quantization"],
+                 choices=QUANTIZATION_CHOICES,
+                 help="Quantizer mode, or none to gate the pruned SavedModel "
+                      "(default: %(default)s)")
+  p.add_argument("--max-drop", type=float, default=DEFAULTS["max_drop"],
+                 help="accuracy threshold: largest allowed accuracy drop of the "
+                      "compressed model, 0.01 = one point (default: %(default)s)")
+  p.add_argument("--min-accuracy", type=float, default=None,
+                 help="optional absolute accuracy floor for the compressed model")
+  p.add_argument("--pipeline-name", default=DEFAULTS["pipeline_name"],
+                 help="pipeline name in ML Metadata (default: %(default)s)")
+  p.add_argument("--no-cache", action="store_true",
+                 help="re-run every step even when its inputs are unchanged")
+  return p
+
+
+def _fail(message: str) -> "NoReturn":  # noqa: F821
+  sys.stderr.write(f"error: {message}\n")
+  sys.exit(2)
+
+
+def check_args(args) -> None:
+  """Validates paths before anything is written; exits 2 with a one-line error."""
+  if args.data_dir is not None:
+    if not os.path.isdir(args.data_dir):
+      _fail(f"--data-dir {args.data_dir!r} does not exist or is not a directory; "
+            "point it at a directory of CSV files, or omit it to use the digits.")
+    if not glob.glob(os.path.join(args.data_dir, "*.csv")):
+      _fail(f"--data-dir {args.data_dir!r} holds no .csv file; CsvExampleGen "
+            "reads every CSV file in it.")
+  out = os.path.abspath(args.output_dir)
+  existing = out
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    _fail(f"--output-dir {args.output_dir!r} is not writable ({existing} "
+          "cannot be written to); choose another directory.")
+  if os.path.isdir(existing):
+    try:
+      tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+      _fail(f"--output-dir {args.output_dir!r} is not writable ({e.strerror}); "
+            "choose another directory.")
+  if args.train_steps < 1:
+    _fail(f"--train-steps {args.train_steps} must be >= 1.")
+  if args.prune_steps < 1:
+    _fail(f"--prune-steps {args.prune_steps} must be >= 1.")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
+  check_args(args)
+  # Heavy imports only after the arguments are known to be good.
+  from pipelines import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  from pipelines import digits_data, summary  # pylint: disable=g-import-not-at-top
+  from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
+
+  out = os.path.abspath(args.output_dir)
+  paths = dict(pipeline_root=os.path.join(out, "pipeline_root"),
+               metadata_path=os.path.join(out, "metadata.sqlite"),
+               serving_model_dir=os.path.join(out, "serving_model"))
+  try:
+    pipe = pipeline_lib.create_pipeline(
+        pipeline_name=args.pipeline_name,
+        data_root=args.data_dir or os.path.join(out, "data"),
+        train_steps=args.train_steps,
+        prune_steps=args.prune_steps,
+        target_sparsity=args.target_sparsity,
+        sparsity_structure=args.sparsity_structure,
+        search_sparsities=args.search_sparsities,
+        quantization=args.quantization,
+        max_drop=args.max_drop,
+        min_value=args.min_accuracy,
+        enable_cache=not args.no_cache,
+        **paths)
+  except (ValueError, TypeError) as e:
+    _fail(str(e))
+  if args.data_dir is None:
+    digits_data.ensure_digits_csv(os.path.join(out, "data"))
+  tfx.orchestration.LocalDagRunner().run(pipe)
+  print(summary.render(summary.collect(paths["metadata_path"], args.pipeline_name,
+                                       paths["serving_model_dir"])))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,126 @@
+"""Reads a finished run back from ML Metadata and prints what a user cares about."""
+
+import os
+from typing import Any, Dict, List, Optional
+
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+_STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
+
+
+def _props(artifact) -> Dict[str, Any]:
+  out = {}
+  for key, value in artifact.custom_properties.items():
+    kind = value.WhichOneof("value")
+    out[key] = getattr(value, kind) if kind else None
+  return out
+
+
+def open_store(metadata_path: str) -> metadata_store.MetadataStore:
+  config = metadata_store_pb2.ConnectionConfig()
+  config.sqlite.filename_uri = metadata_path
+  config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+  return metadata_store.MetadataStore(config)
+
+
+def latest_run(store, pipeline_name: str) -> Dict[str, str]:
+  """node id -> execution state ('COMPLETE', 'CACHED', 'FAILED'...) of the newest run."""
+  runs = [c for c in store.get_contexts_by_type("pipeline_run")]
+  pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
+  if pipeline_ctx is None or not runs:
+    return {}
+  pipeline_execs = {e.id for e in store.get_executions_by_context(pipeline_ctx.id)}
+  runs = [r for r in runs
+          if {e.id for e in store.get_executions_by_context(r.id)} & pipeline_execs]
+  if not runs:
+    return {}
+  run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+  states = {}
+  for e in store.get_executions_by_context(run.id):
+    node = e.properties.get("component_id") or e.custom_properties.get(
+        "component_id")
+    name = node.string_value if node else str(e.type_id)
+    states[name] = _STATES.get(e.last_known_state, str(e.last_known_state))
+  return states
+
+
+def latest_artifact(store, pipeline_name: str, node_id: str,
+                    type_name: str) -> Optional[Any]:
+  ctx = store.get_context_by_type_and_name("node", f"{pipeline_name}.{node_id}")
+  if ctx is None:
+    return None
+  types = {t.id: t.name for t in store.get_artifact_types()}
+  arts = [a for a in store.get_artifacts_by_context(ctx.id)
+          if types.get(a.type_id) == type_name and
+          a.state == metadata_store_pb2.Artifact.LIVE]
+  return max(arts, key=lambda a: a.id) if arts else None
+
+
+def collect(metadata_path: str, pipeline_name: str,
+            serving_model_dir: str) -> Dict[str, Any]:
+  """Everything the summary table shows, as a dict (also used by tests)."""
+  store = open_store(metadata_path)
+  out: Dict[str, Any] = {"executions": latest_run(store, pipeline_name)}
+  for key, node, type_name in [
+      ("baseline", "Trainer", "Model"),
+      ("pruned", "Pruner", "Model"),
+      ("quantized", "Quantizer", "Model"),
+      ("blessing", "CompressionEvaluator", "ModelBlessing"),
+      ("evaluation", "CompressionEvaluator", "ModelEvaluation"),
+      ("pushed", "Pusher", "PushedModel"),
+  ]:
+    art = latest_artifact(store, pipeline_name, node, type_name)
+    out[key] = None if art is None else {"uri": art.uri, **_props(art)}
+  out["serving_model_dir"] = serving_model_dir
+  return out
+
+
+def _fmt(value, kind="f"):
+  if value is None:
+    return "-"
+  if kind == "pct":
+    return f"{100 * float(value):.2f}%"
+  if kind == "bytes":
+    return f"{int(value):,}"
+  return f"{float(value):.4f}"
+
+
+def render(info: Dict[str, Any]) -> str:
+  """The short table `make demo` ends with."""
+  lines: List[str] = []
+  ev = info.get("evaluation") or {}
+  bl = info.get("blessing") or {}
+  metric = ev.get("metric") or bl.get("metric") or "accuracy"
+  blessed = bl.get("blessed")
+  rows = [
+      ("baseline (Trainer)", ev.get(f"baseline_{metric}"),
+       ev.get("baseline_bytes"), ev.get("baseline_gzip_bytes"),
+       (info.get("baseline") or {}).get("sparsity", 0.0), "-"),
+      ("compressed", ev.get(f"candidate_{metric}"), ev.get("candidate_bytes"),
+       ev.get("candidate_gzip_bytes"), ev.get("sparsity"),
+       "-" if blessed is None else ("BLESSED" if blessed == 1 else "NOT BLESSED")),
+  ]
+  header = f"{'model':<20} {metric:>10} {'bytes':>12} {'gzip bytes':>12} {'sparsity':>9}  gate"
+  lines.append(header)
+  lines.append("-" * len(header))
+  for name, m, b, g, s, gate in rows:
+    lines.append(f"{name:<20} {_fmt(m):>10} {_fmt(b, 'bytes'):>12} "
+                 f"{_fmt(g, 'bytes'):>12} {_fmt(s, 'pct'):>9}  {gate}")
+  if ev.get("reason") or bl.get("reason"):
+    lines.append("")
+    lines.append(str(ev.get("reason") or bl.get("reason")))
+  lines.append("")
+  pushed = info.get("pushed") or {}
+  if pushed.get("pushed") == 1:
+    lines.append(f"pushed model:       {pushed.get('pushed_destination')}")
+  else:
+    lines.append(f"pushed model:       nothing pushed (gate not passed); "
+                 f"destination {info.get('serving_model_dir')}")
+  if ev.get("uri"):
+    lines.append(f"compression report: {os.path.join(ev['uri'], 'report.html')}")
+  states = info.get("executions") or {}
+  if states:
+    lines.append("steps this run:     " + ", ".join(
+        f"{k}={v.lower()}" for k, v in sorted(states.items())))
+  return "\n".join(lines)
