@@ -1,0 +1,620 @@
+"""Keras model + representative data + config -> a quantized TFLite model.
+
+TFX-free: nothing here sees a URI, an artifact or exec_properties. The executor
+loads the model, builds the datasets with :func:`example_data` and writes what
+:func:`quantize` returns.
+
+The TFLite model takes the Keras model's named inputs (one tensor per feature,
+batch fixed to 1), never serialized tf.Examples: parsing strings is not a TFLite
+builtin, and a device has features, not protos. The batch is fixed because a
+``None`` batch plus a Reshape gives TFLite dynamic-sized tensors, which XNNPACK
+cannot take whole (on the digits CNN: 75 us with batch None, 45 us with batch 1).
+
+Example:
+
+    config = QuantizerConfig(quantization="int8", label_key="label")
+    representative, _ = example_data(["/data/Split-train/*"], schema, model,
+                                     config)
+    result = quantize(model, config, representative_data=representative)
+    open("model.tflite", "wb").write(result.tflite_model)
+"""
+
+import collections
+import dataclasses
+import re
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from components.common import features as features_lib
+from components.common import model_stats
+from components.quantizer.config import DATA_MODES
+from components.quantizer.config import QuantizerConfig
+
+SIGNATURE_KEY = "serving_default"
+TFLITE_BATCH_SIZE = 1
+# Above this kernel sparsity the input counts as pruned, and QAT uses tfmot's
+# pruning-preserving scheme so the zeros survive fine-tuning. A dense trained
+# model has practically no exact zeros.
+PRUNE_PRESERVE_MIN_SPARSITY = 0.01
+# TFLite ops whose constant input at this position is a weight matrix (the
+# ones pruning zeroes); the same set as model_stats.kernel_weights on Keras.
+_WEIGHT_INPUT = {
+    "CONV_2D": 1,
+    "DEPTHWISE_CONV_2D": 1,
+    "CONV_3D": 1,
+    "FULLY_CONNECTED": 1,
+    "TRANSPOSE_CONV": 1,
+    "CONV_3D_TRANSPOSE": 1,
+}
+_IO_DTYPES = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
+
+
+class ConversionError(ValueError):
+  """The TFLite converter cannot convert the model with these settings."""
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizationResult:
+  """What :func:`quantize` produced.
+
+  Attributes:
+    tflite_model: the TFLite flatbuffer.
+    io: how to feed it (see :func:`describe_tflite`), plus the mode, the
+      preprocessing a caller must apply first and the label key.
+    stats: sizes and sparsities (the executor's custom properties).
+  """
+  tflite_model: bytes
+  io: Dict[str, Any]
+  stats: Dict[str, Any]
+
+
+def quantize(model, config: QuantizerConfig,
+             representative_data: Optional[Iterable[Any]] = None,
+             train_data: Optional[Any] = None,
+             preprocessing: str = "none",
+             measure_float: bool = True) -> QuantizationResult:
+  """Converts a tf_keras model to a quantized TFLite model.
+
+  The input model is never modified: QAT fine-tunes a clone.
+
+  Example:
+
+      result = quantize(model, QuantizerConfig(quantization="float16"))
+      result.stats["tflite_bytes"], result.io["inputs"][0]["name"]
+
+  Args:
+    model: a tf_keras model whose inputs are named after the features.
+    config: the Quantizer's parameters.
+    representative_data: for 'int8', 'int16x8' and 'qat': an iterable of
+      feature dicts (or (features, label) pairs), batched any way; the first
+      ``config.num_representative_samples`` examples are used.
+    train_data: for 'qat': a (features, label) tf.data.Dataset (or anything
+      ``fit`` takes) yielding at least ``config.qat_steps`` batches.
+    preprocessing: 'none', or 'transform' when the model's inputs are the
+      Transform's outputs (recorded in ``io`` for callers).
+    measure_float: also convert without quantization to report
+      ``float_tflite_bytes`` (about as long as the conversion itself).
+
+  Returns:
+    A :class:`QuantizationResult`.
+
+  Raises:
+    TypeError: ``model`` is not a tf_keras model (e.g. TFLite bytes).
+    ValueError: data missing or empty for a mode that needs it, or a model
+      QAT cannot rebuild.
+    ConversionError: the converter failed; the message names the ops.
+  """
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  if isinstance(model, (bytes, bytearray)):
+    raise TypeError("`model` is already a TFLite flatbuffer; the Quantizer "
+                    "needs the Keras model it came from (the Trainer's or the "
+                    "Pruner's output).")
+  if not isinstance(model, tf_keras.Model):
+    raise TypeError(f"`model` must be a tf_keras Model, got "
+                    f"{type(model).__name__}.")
+  if preprocessing not in ("none", "transform"):
+    raise ValueError(f"`preprocessing`={preprocessing!r} must be 'none' or "
+                     "'transform'.")
+  mode = config.quantization
+  input_specs = features_lib.keras_input_specs(model)
+  output_names = _output_names(model)
+  input_sparsity = model_stats.sparsity_stats(model)["sparsity"]
+
+  samples: List[Dict[str, np.ndarray]] = []
+  if mode in DATA_MODES:
+    if representative_data is None:
+      raise ValueError(
+          f"quantization={mode!r} needs representative examples, but no "
+          "`examples` were given. Wire the Examples, or choose 'dynamic' or "
+          "'float16', which need no data.")
+    samples = _single_examples(representative_data, input_specs,
+                               config.num_representative_samples)
+    if not samples:
+      raise ValueError(
+          f"quantization={mode!r}: split {config.train_split!r} of "
+          "`examples` gave 0 representative examples "
+          f"(num_representative_samples={config.num_representative_samples}). "
+          "Check the split's files or set `train_split` to a split with data.")
+
+  stats: Dict[str, Any] = {"quantization": mode,
+                           "input_sparsity": float(input_sparsity)}
+  converted_model = model
+  if mode == "qat":
+    if train_data is None:
+      raise ValueError(
+          "quantization='qat' fine-tunes on labelled examples, but no training "
+          "data was given. Wire `examples` and set `label_key`.")
+    converted_model, qat_stats = _quantization_aware_model(
+        model, config, train_data, input_sparsity)
+    stats.update(qat_stats)
+
+  logging.info("Converting to TFLite, quantization=%s, %d representative "
+               "example(s).", mode, len(samples))
+  tflite_model = convert(converted_model, mode, samples=samples,
+                         io_type=config.int8_io_type,
+                         allow_select_ops=bool(config.allow_select_ops),
+                         input_specs=input_specs, output_names=output_names)
+
+  if measure_float:
+    try:
+      float_model = convert(model, "float", allow_select_ops=bool(
+          config.allow_select_ops), input_specs=input_specs,
+                            output_names=output_names)
+      stats["float_tflite_bytes"] = len(float_model)
+    except ConversionError as e:  # Only a reference figure: never fatal.
+      logging.warning("No float TFLite reference size: %s", e)
+
+  weights = tflite_weight_sparsity(tflite_model)
+  stats.update(
+      tflite_bytes=len(tflite_model),
+      tflite_gzip_bytes=model_stats.gzip_bytes(tflite_model),
+      sparsity=weights["sparsity"],
+      tflite_weight_count=weights["weight_count"],
+      representative_samples=len(samples),
+  )
+  io = describe_tflite(tflite_model)
+  io.update(mode=mode, int8_io_type=config.int8_io_type,
+            preprocessing=preprocessing, label_key=config.label_key)
+  logging.info("TFLite model: %d bytes (%d gzipped), weight sparsity %.4f "
+               "(input %.4f).", stats["tflite_bytes"],
+               stats["tflite_gzip_bytes"], stats["sparsity"], input_sparsity)
+  return QuantizationResult(tflite_model=tflite_model, io=io, stats=stats)
+
+
+def convert(model, mode: str, samples: Sequence[Mapping[str, np.ndarray]] = (),
+            io_type: str = "float32", allow_select_ops: bool = False,
+            input_specs: Optional[Mapping[str, tf.TensorSpec]] = None,
+            output_names: Optional[Sequence[str]] = None) -> bytes:
+  """Runs the TFLite converter in one mode ('float' or a Quantizer mode).
+
+  Example:
+
+      flatbuffer = convert(model, "float16")
+
+  Args:
+    model: the tf_keras model (for 'qat', the quantization-aware one).
+    mode: 'float', 'dynamic', 'float16', 'int8', 'int16x8' or 'qat'.
+    samples: single-example feature dicts (batch 1) for calibration.
+    io_type: 'float32', 'int8' or 'uint8' inputs/outputs ('int8', 'qat').
+    allow_select_ops: let TensorFlow ops (Flex) stand in for missing builtins.
+    input_specs: the model's inputs by name (default: read from the model).
+    output_names: names of the TFLite outputs (default: the model's).
+
+  Returns:
+    The TFLite flatbuffer.
+
+  Raises:
+    ConversionError: naming the unsupported ops and what to do.
+  """
+  fn = _serving_function(model, input_specs, output_names)
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
+  builtins = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  if mode != "float":
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if mode == "float16":
+    converter.target_spec.supported_types = [tf.float16]
+  if mode in DATA_MODES:
+    if not samples:
+      raise ValueError(f"quantization={mode!r} needs representative samples.")
+    converter.representative_dataset = lambda: iter(samples)
+  if mode in ("int8", "qat"):
+    builtins = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = _IO_DTYPES[io_type]
+    converter.inference_output_type = _IO_DTYPES[io_type]
+  elif mode == "int16x8":
+    builtins = [tf.lite.OpsSet.
+                EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+  if allow_select_ops:
+    builtins = builtins + [tf.lite.OpsSet.SELECT_TF_OPS]
+  converter.target_spec.supported_ops = builtins
+  from tensorflow.lite.python import convert_phase  # pylint: disable=g-import-not-at-top
+  try:
+    return converter.convert()
+  except (convert_phase.ConverterError, ValueError, RuntimeError) as e:
+    raise _conversion_error(e, mode, allow_select_ops) from e
+
+
+def _conversion_error(error: Exception, mode: str,
+                      allow_select_ops: bool) -> ConversionError:
+  """A ConversionError naming the ops the converter rejected and what to do."""
+  text = str(error)
+  ops = []
+  for data in getattr(error, "errors", None) or []:
+    name = getattr(getattr(data, "operator", None), "name", "")
+    if name and name not in ops:
+      ops.append(name)
+  for name in re.findall(r"'(tf\.\w+)' op", text):
+    if name not in ops:
+      ops.append(name)
+  for line in re.findall(r"(?:TF Select ops|Flex ops|Custom ops): ([^\n]+)",
+                         text):
+    for name in line.split(","):
+      name = "tf." + name.strip().replace("Flex", "", 1)
+      if name != "tf." and name not in ops:
+        ops.append(name)
+  detail = " ".join(text.split())[:600]
+  if ops and not allow_select_ops:
+    return ConversionError(
+        f"The TFLite converter cannot convert the model with "
+        f"quantization={mode!r}: these ops are not TFLite builtins: "
+        f"{', '.join(ops)}. Set `allow_select_ops`=1 to run them as TensorFlow "
+        "select ops (the device's TFLite runtime must then link the Flex "
+        "delegate), or replace them in the model. Converter said: " + detail)
+  if ops:
+    return ConversionError(
+        f"The TFLite converter cannot convert the model with "
+        f"quantization={mode!r} even with `allow_select_ops`=1: ops "
+        f"{', '.join(ops)} are neither TFLite builtins nor TensorFlow select "
+        "ops. Replace them in the model. Converter said: " + detail)
+  return ConversionError(
+      f"The TFLite converter failed with quantization={mode!r} "
+      f"(allow_select_ops={int(allow_select_ops)}): {detail}. If an op cannot "
+      "be quantized, try quantization='dynamic' or 'float16'; if an op is not "
+      "a TFLite builtin, set `allow_select_ops`=1.")
+
+
+def _output_names(model) -> List[str]:
+  names = list(getattr(model, "output_names", None) or [])
+  return names or [f"output_{i}" for i in range(len(model.outputs))]
+
+
+def _serving_function(model, input_specs=None, output_names=None):
+  """A concrete function: named feature tensors (batch 1) -> named outputs."""
+  specs = collections.OrderedDict(
+      input_specs or features_lib.keras_input_specs(model))
+  signature = {}
+  for name, spec in specs.items():
+    shape = spec.shape.as_list() if spec.shape.rank is not None else None
+    if shape and shape[0] is None:
+      shape = [TFLITE_BATCH_SIZE] + shape[1:]
+    signature[name] = tf.TensorSpec(shape, spec.dtype, name=name)
+  names = list(output_names or _output_names(model))
+  takes_dict = isinstance(getattr(model, "input", None), dict)
+
+  @tf.function(input_signature=[signature])
+  def serve(features):
+    if takes_dict:
+      inputs = features
+    elif len(specs) == 1:
+      inputs = features[next(iter(specs))]
+    else:
+      inputs = [features[n] for n in specs]
+    outputs = model(inputs, training=False)
+    if isinstance(outputs, Mapping):
+      return dict(outputs)
+    if isinstance(outputs, (list, tuple)):
+      return dict(zip(names, outputs))
+    return {names[0]: outputs}
+
+  return serve.get_concrete_function()
+
+
+def _single_examples(data: Iterable[Any],
+                     input_specs: Mapping[str, tf.TensorSpec],
+                     limit: int) -> List[Dict[str, np.ndarray]]:
+  """Splits batches of feature dicts into at most ``limit`` batch-1 dicts."""
+  out: List[Dict[str, np.ndarray]] = []
+  for item in data:
+    features = item[0] if isinstance(item, (tuple, list)) else item
+    arrays = {n: np.asarray(features[n]) for n in input_specs}
+    batch = len(next(iter(arrays.values())))
+    for i in range(batch):
+      if len(out) >= limit:
+        return out
+      out.append({n: a[i:i + 1].astype(input_specs[n].dtype.as_numpy_dtype)
+                  for n, a in arrays.items()})
+    if len(out) >= limit:
+      break
+  return out
+
+
+def _quantization_aware_model(model, config: QuantizerConfig, train_data,
+                              input_sparsity: float):
+  """A QAT clone of ``model``, fine-tuned; the input model is not touched.
+
+  Only layers with a kernel (Conv, Dense, ...) that tfmot's default 8-bit
+  registry supports are annotated: tfmot rejects others found in ordinary
+  Trainer models (Rescaling; a Concatenate of many inputs under the
+  pruning-preserving scheme). The converter still quantizes the unannotated
+  layers to int8 with ranges calibrated on the representative examples.
+  """
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
+  from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_registry  # pylint: disable=g-import-not-at-top,line-too-long
+
+  tf_keras.utils.set_random_seed(config.seed)
+  base = _without_pruning_wrappers(model)
+  registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+  annotated_layers = []
+
+  def annotate(layer):
+    fresh = layer.__class__.from_config(layer.get_config())
+    has_kernel = any(hasattr(layer, a) for a in ("kernel", "depthwise_kernel"))
+    if has_kernel and registry.supports(layer):
+      annotated_layers.append(layer.name)
+      return tfmot.quantization.keras.quantize_annotate_layer(fresh)
+    return fresh
+
+  try:
+    annotated = tf_keras.models.clone_model(base, clone_function=annotate)
+  except (ValueError, TypeError, NotImplementedError) as e:
+    raise ValueError(
+        "quantization='qat' rebuilds the model layer by layer, which needs a "
+        f"Sequential or functional Keras model; this one failed: {e}. Use "
+        "'int8' (post-training) instead.") from e
+  annotated.set_weights(base.get_weights())
+  if not annotated_layers:
+    raise ValueError("quantization='qat' found no Conv or Dense layer to "
+                     "train quantization-aware. Use 'int8' instead.")
+
+  preserve = input_sparsity >= PRUNE_PRESERVE_MIN_SPARSITY
+  scheme = (tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+            if preserve else
+            tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme())
+  qat_model = tfmot.quantization.keras.quantize_apply(annotated, scheme)
+
+  loss, loss_name = _loss_for(model, qat_model, train_data)
+  qat_model.compile(
+      optimizer=tf_keras.optimizers.Adam(config.learning_rate), loss=loss)
+  logging.info("QAT: %d annotated layer(s) %s, scheme %s, %d steps, loss %s.",
+               len(annotated_layers), annotated_layers,
+               type(scheme).__name__, config.qat_steps, loss_name)
+  history = qat_model.fit(train_data, steps_per_epoch=config.qat_steps,
+                          epochs=1, verbose=0)
+  losses = history.history.get("loss") or [float("nan")]
+  return qat_model, {
+      "qat_scheme": "prune_preserve" if preserve else "default_8bit",
+      "qat_loss": loss_name,
+      "qat_final_loss": float(losses[-1]),
+      "qat_annotated_layers": ",".join(annotated_layers),
+  }
+
+
+def _without_pruning_wrappers(model):
+  """strip_pruning when the model still has tfmot pruning wrappers."""
+  import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
+  from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper  # pylint: disable=g-import-not-at-top,line-too-long
+  if any(isinstance(l, pruning_wrapper.PruneLowMagnitude) for l in model.layers):
+    logging.info("Stripping pruning wrappers before QAT.")
+    return tfmot.sparsity.keras.strip_pruning(model)
+  return model
+
+
+def _loss_for(original, qat_model, train_data) -> Tuple[Any, str]:
+  """The original model's compiled loss, else a cross-entropy matching its output.
+
+  A model loaded with ``compile=False`` (as the executor does) has no compiled
+  loss. Then: the output's last dimension > 1 means a sparse categorical
+  cross-entropy, 1 means a binary one; ``from_logits`` is False only when the
+  outputs on a training batch are probabilities (in [0, 1], and summing to 1
+  for several classes), e.g. a softmax or sigmoid head.
+  """
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  compiled = getattr(original, "loss", None)
+  if compiled:
+    return compiled, getattr(compiled, "name", None) or str(compiled)
+  features, _ = next(iter(train_data))
+  outputs = qat_model(features, training=False)
+  if isinstance(outputs, (list, tuple, Mapping)):
+    raise ValueError(
+        "quantization='qat' without a compiled loss supports single-output "
+        "classifiers; this model has several outputs. Use 'int8' instead.")
+  outputs = np.asarray(outputs)
+  in_unit = bool(np.all(outputs >= -1e-6) and np.all(outputs <= 1 + 1e-6))
+  if outputs.shape[-1] == 1:
+    return (tf_keras.losses.BinaryCrossentropy(from_logits=not in_unit),
+            f"binary_crossentropy(from_logits={not in_unit})")
+  sums_to_one = bool(np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3))
+  from_logits = not (in_unit and sums_to_one)
+  return (tf_keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+          f"sparse_categorical_crossentropy(from_logits={from_logits})")
+
+
+def example_data(file_patterns: Sequence[str], schema, model,
+                 config: QuantizerConfig,
+                 transform_output_dir: Optional[str] = None):
+  """Representative and fine-tuning datasets from the raw Examples.
+
+  Examples are decoded by the shared ExampleDecoder, so the model sees exactly
+  what the Trainer fed it (the Transform's outputs when ``transform_output_dir``
+  is set).
+
+  Example:
+
+      representative, train = example_data(patterns, schema, model, config)
+
+  Args:
+    file_patterns: the TFRecord files of ``config.train_split``.
+    schema: the raw Examples' Schema proto (or None with a Transform).
+    model: the tf_keras model (for its input names).
+    config: the Quantizer's parameters.
+    transform_output_dir: the TransformGraph's directory, if any.
+
+  Returns:
+    (representative, train): a dataset of single-example feature dicts,
+    ``num_representative_samples`` of them drawn with a seeded shuffle; and for
+    'qat' a repeated, shuffled (features, label) dataset of ``batch_size``
+    batches (else None).
+
+  Raises:
+    DataError: the split is empty, or features/label do not fit the model.
+  """
+  label_key = config.label_key or _any_raw_feature(schema, transform_output_dir)
+  decoder = features_lib.ExampleDecoder(
+      schema, label_key, features_lib.keras_input_specs(model),
+      transform_output_dir=transform_output_dir)
+  representative = decoder.dataset(
+      file_patterns, batch_size=1, shuffle=True, seed=config.seed,
+      split=config.train_split).map(lambda f, _: f).take(
+          config.num_representative_samples)
+  train = None
+  if config.quantization == "qat":
+    train = decoder.dataset(file_patterns, batch_size=config.batch_size,
+                            shuffle=True, seed=config.seed, num_epochs=None,
+                            split=config.train_split)
+  return representative, train
+
+
+def _any_raw_feature(schema, transform_output_dir: Optional[str]) -> str:
+  # Calibration needs no label, but the ExampleDecoder parses one: any raw
+  # feature will do, since every raw feature is parsed anyway.
+  if transform_output_dir:
+    import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
+    names = sorted(tft.TFTransformOutput(transform_output_dir)
+                   .raw_feature_spec())
+  else:
+    names = [f.name for f in schema.feature] if schema is not None else []
+  if not names:
+    raise features_lib.DataError("The schema has no feature to parse.")
+  return names[0]
+
+
+def describe_tflite(tflite_model: bytes,
+                    signature_key: str = SIGNATURE_KEY) -> Dict[str, Any]:
+  """How to feed a TFLite model: its signature's inputs and outputs.
+
+  ``inputs`` and ``outputs`` are in the interpreter's tensor order (the order
+  of ``get_input_details()``, which is what a device indexes); each entry names
+  the feature (``name``, the signature's key), the tensor, dtype, shape and the
+  quantization a caller must apply (q = round(x / scale) + zero_point) when the
+  dtype is an integer.
+
+  Example:
+
+      io = describe_tflite(flatbuffer)
+      [i["name"] for i in io["inputs"]]
+  """
+  interpreter = tf.lite.Interpreter(model_content=tflite_model)
+  signatures = interpreter.get_signature_list()
+  if signature_key not in signatures:
+    signature_key = next(iter(signatures))
+  runner = interpreter.get_signature_runner(signature_key)
+  by_index = {}
+  for name, d in runner.get_input_details().items():
+    by_index[d["index"]] = name
+  inputs = [_tensor_entry(by_index.get(d["index"], d["name"]), d)
+            for d in interpreter.get_input_details()]
+  out_by_index = {d["index"]: name
+                  for name, d in runner.get_output_details().items()}
+  outputs = [_tensor_entry(out_by_index.get(d["index"], d["name"]), d)
+             for d in interpreter.get_output_details()]
+  return {
+      "format": "tflite",
+      "signature_key": signature_key,
+      "batch_size": TFLITE_BATCH_SIZE,
+      "inputs": inputs,
+      "outputs": outputs,
+  }
+
+
+def _tensor_entry(name: str, d: Mapping[str, Any]) -> Dict[str, Any]:
+  q = d.get("quantization_parameters") or {}
+  scales = [float(s) for s in np.asarray(q.get("scales", []))]
+  zero_points = [int(z) for z in np.asarray(q.get("zero_points", []))]
+  return {
+      "name": name,
+      "tensor_name": d["name"],
+      "index": int(d["index"]),
+      "dtype": np.dtype(d["dtype"]).name,
+      "shape": [int(s) for s in d["shape"]],
+      "shape_signature": [int(s) for s in d.get("shape_signature", d["shape"])],
+      "quantization": {
+          "scale": scales[0] if len(scales) == 1 else scales,
+          "zero_point": zero_points[0] if len(zero_points) == 1 else zero_points,
+      } if scales else None,
+  }
+
+
+def tflite_weight_sparsity(tflite_model: bytes) -> Dict[str, Any]:
+  """Fraction of the stored weight values that represent exactly zero.
+
+  Counts the constant weight tensors of Conv and FullyConnected ops (followed
+  back through DEQUANTIZE, which float16 and some int8 models put between the
+  stored weights and the op), each tensor once. A value counts as zero when it
+  is 0.0 (float) or equals its zero point (quantized; TFLite's int8 weights
+  are symmetric, zero point 0). Rounding to int8 turns weights smaller than
+  half a quantization step into zeros, so this can exceed the Keras model's
+  sparsity; it never loses a pruned zero.
+
+  Example:
+
+      tflite_weight_sparsity(flatbuffer)["sparsity"]
+  """
+  from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
+  fb = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_model))
+  total = zeros = 0
+  seen = set()
+  for graph_index, graph in enumerate(fb.subgraphs):
+    producer = {}
+    for op in graph.operators:
+      for t in op.outputs:
+        producer[int(t)] = op
+    for op in graph.operators:
+      position = _WEIGHT_INPUT.get(flatbuffer_utils.opcode_to_name(
+          fb, op.opcodeIndex))
+      if position is None or len(op.inputs) <= position:
+        continue
+      tensor_index = int(op.inputs[position])
+      source = producer.get(tensor_index)
+      if (source is not None and flatbuffer_utils.opcode_to_name(
+          fb, source.opcodeIndex) == "DEQUANTIZE"):
+        tensor_index = int(source.inputs[0])
+      if (graph_index, tensor_index) in seen:
+        continue
+      seen.add((graph_index, tensor_index))
+      values = _constant_values(fb, graph.tensors[tensor_index])
+      if values is None:
+        continue
+      total += values.size
+      zeros += int(np.sum(values == _zero_of(graph.tensors[tensor_index],
+                                             values)))
+  return {"sparsity": zeros / total if total else 0.0,
+          "weight_count": total, "zero_count": zeros}
+
+
+def _constant_values(fb, tensor) -> Optional[np.ndarray]:
+  from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
+  data = fb.buffers[tensor.buffer].data if tensor.buffer < len(fb.buffers) else None
+  if data is None or len(data) == 0:
+    return None
+  dtype = np.dtype(flatbuffer_utils.type_to_name(tensor.type).lower())
+  values = np.frombuffer(bytes(bytearray(data)), dtype=dtype)
+  shape = [int(s) for s in tensor.shape] if tensor.shape is not None else []
+  return values.reshape(shape) if shape and np.prod(shape) == values.size else values
+
+
+def _zero_of(tensor, values: np.ndarray):
+  q = tensor.quantization
+  zp = getattr(q, "zeroPoint", None) if q is not None else None
+  if zp is None or len(zp) == 0 or values.dtype.kind == "f":
+    return 0
+  zp = np.asarray(zp, dtype=np.int64)
+  if zp.size == 1 or values.ndim == 0:
+    return int(zp[0])
+  axis = int(getattr(q, "quantizedDimension", 0) or 0)
+  shape = [1] * values.ndim
+  shape[axis] = zp.size
+  return zp.reshape(shape)
