@@ -1,0 +1,403 @@
+"""The Pruner's parameters: one frozen, self-validating config.
+
+Built in the component's constructor (bad values fail when the pipeline is
+defined) and again in the executor from ``exec_properties`` (runtime parameters),
+so the rules live here only.
+
+Example:
+
+    config = PrunerConfig(label_key="label", target_sparsity=0.8,
+                          sparsity_structure="2:4", train_steps=300)
+    begin, end, frequency = config.schedule_steps(config.total_steps())
+"""
+
+import dataclasses
+import math
+import re
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+SCHEDULES = ("polynomial", "constant")
+UNSTRUCTURED = "unstructured"
+CHANNELS = "channels"
+CHANNEL_RANKINGS = ("per_layer", "global")
+CHANNEL_NORMS = ("l1", "l2")
+DEFAULT_TRAIN_STEPS = 300
+# The share of the fine-tuning during which the sparsity ramps up when end_step
+# is not given; the remaining steps recover accuracy at the target sparsity.
+RAMP_FRACTION = 0.7
+# Mask updates over the ramp when frequency is not given.
+MASK_UPDATES = 20
+
+_M_BY_N = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+_STRUCTURES_HELP = ("'unstructured', 'channels', or an M:N block such as '2:4' "
+                    "(at least M zeros in every N consecutive weights)")
+
+
+def parse_m_by_n(structure: str) -> Optional[Tuple[int, int]]:
+  """(M, N) of an 'M:N' structure string, or None for another structure."""
+  match = _M_BY_N.match(structure)
+  if not match:
+    return None
+  return int(match.group(1)), int(match.group(2))
+
+
+def split_patterns(value: Union[str, Sequence[str], None],
+                   parameter: str) -> Tuple[str, ...]:
+  """Comma-separated string or list of layer-name patterns -> tuple."""
+  if value is None:
+    return ()
+  if isinstance(value, str):
+    items = value.split(",")
+  elif isinstance(value, (list, tuple)):
+    items = list(value)
+    for item in items:
+      if not isinstance(item, str):
+        raise TypeError(
+            f"`{parameter}` must be a comma-separated string or a list of "
+            f"strings, got an item {item!r} of type {type(item).__name__}.")
+  else:
+    raise TypeError(f"`{parameter}` must be a comma-separated string or a list "
+                    f"of strings, got {type(value).__name__} {value!r}.")
+  return tuple(p.strip() for p in items if p.strip())
+
+
+def _check_int(name: str, value: Any, optional: bool = False) -> None:
+  if value is None and optional:
+    return
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise TypeError(f"`{name}` must be an integer{' or None' if optional else ''}"
+                    f", got {type(value).__name__} {value!r}.")
+
+
+def _check_number(name: str, value: Any) -> float:
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise TypeError(f"`{name}` must be a number, got {type(value).__name__} "
+                    f"{value!r}.")
+  value = float(value)
+  if not math.isfinite(value):
+    raise ValueError(f"`{name}`={value!r} must be a finite number.")
+  return value
+
+
+def _check_str(name: str, value: Any, optional: bool = False) -> None:
+  if value is None and optional:
+    return
+  if not isinstance(value, str):
+    raise TypeError(f"`{name}` must be a string{' or None' if optional else ''}"
+                    f", got {type(value).__name__} {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrunerConfig:
+  """Everything the Pruner needs besides the model and the data.
+
+  Attributes:
+    label_key: the label's feature name in the raw Examples. Required unless
+      ``module_file`` defines ``input_fn``.
+    target_sparsity: fraction of each pruned kernel set to zero, in [0, 1).
+      Ignored for an M:N structure, whose sparsity is M/N.
+    initial_sparsity: sparsity at ``begin_step`` (polynomial schedule).
+    schedule: 'polynomial' (tfmot PolynomialDecay, ramps from
+      ``initial_sparsity`` to ``target_sparsity``) or 'constant'
+      (ConstantSparsity: the target from ``begin_step`` on).
+    begin_step: fine-tuning steps before the first mask update (0 = at the
+      first step).
+    end_step: the step of the last mask update, where the target is reached.
+      None: ``RAMP_FRACTION`` of the steps, leaving the rest to recover.
+    frequency: steps between mask updates. None: the ramp split into about
+      ``MASK_UPDATES`` updates.
+    sparsity_structure: 'unstructured', 'channels' or 'M:N' (e.g. '2:4').
+    include_layers: fnmatch patterns of layer names to prune (empty: every
+      layer tfmot can prune).
+    exclude_layers: fnmatch patterns of layer names never to prune.
+    channel_ranking: 'per_layer' or 'global' ranking of channels ('channels').
+    channel_norm: 'l1' or 'l2' channel importance ('channels').
+    finetune_steps: fine-tuning steps after the channels are physically
+      removed ('channels').
+    train_steps: fine-tuning steps (default ``DEFAULT_TRAIN_STEPS``); exclusive
+      with ``epochs``.
+    epochs: passes over the train split instead of ``train_steps``.
+    batch_size: examples per step.
+    learning_rate: Adam learning rate of the fine-tuning. 1e-3 (Adam's
+      default, what the tfmot pruning guide fine-tunes with): pruning to 80%
+      in 300 steps needs real recovery; on the demo CNN 1e-4 lost 2.3
+      accuracy points where 1e-3 lost none. Lower it for models trained with
+      a smaller rate.
+    seed: seeds weights' shuffling, the data order and TensorFlow's ops.
+    train_split: the Examples split to fine-tune on.
+    eval_split: the split the logged validation metric is computed on ('' to
+      skip the evaluation).
+    module_file: optional Python file defining ``input_fn`` and/or
+      ``custom_objects``.
+  """
+  label_key: Optional[str] = None
+  target_sparsity: float = 0.8
+  initial_sparsity: float = 0.0
+  schedule: str = "polynomial"
+  begin_step: int = 0
+  end_step: Optional[int] = None
+  frequency: Optional[int] = None
+  sparsity_structure: str = UNSTRUCTURED
+  include_layers: Tuple[str, ...] = ()
+  exclude_layers: Tuple[str, ...] = ()
+  channel_ranking: str = "per_layer"
+  channel_norm: str = "l1"
+  finetune_steps: int = 100
+  train_steps: Optional[int] = None
+  epochs: Optional[int] = None
+  batch_size: int = 32
+  learning_rate: float = 1e-3
+  seed: int = 0
+  train_split: str = "train"
+  eval_split: str = "eval"
+  module_file: Optional[str] = None
+
+  def __post_init__(self):
+    set_ = lambda k, v: object.__setattr__(self, k, v)  # frozen dataclass
+    set_("include_layers", split_patterns(self.include_layers, "include_layers"))
+    set_("exclude_layers", split_patterns(self.exclude_layers, "exclude_layers"))
+    self._validate_types()
+    set_("target_sparsity", float(self.target_sparsity))
+    set_("initial_sparsity", float(self.initial_sparsity))
+    set_("learning_rate", float(self.learning_rate))
+    set_("schedule", self.schedule.strip().lower())
+    set_("sparsity_structure", self.sparsity_structure.strip().lower()
+         .replace(" ", ""))
+    set_("channel_ranking", self.channel_ranking.strip().lower())
+    set_("channel_norm", self.channel_norm.strip().lower())
+    self._validate_sparsity()
+    self._validate_structure()
+    self._validate_steps()
+    self._validate_training()
+
+  # Validation, one group of rules per method (a new mode adds its own).
+
+  def _validate_types(self):
+    for name in ("target_sparsity", "initial_sparsity", "learning_rate"):
+      _check_number(name, getattr(self, name))
+    for name in ("begin_step", "finetune_steps", "batch_size", "seed"):
+      _check_int(name, getattr(self, name))
+    for name in ("end_step", "frequency", "train_steps", "epochs"):
+      _check_int(name, getattr(self, name), optional=True)
+    for name in ("schedule", "sparsity_structure", "channel_ranking",
+                 "channel_norm", "train_split", "eval_split"):
+      _check_str(name, getattr(self, name))
+    for name in ("label_key", "module_file"):
+      _check_str(name, getattr(self, name), optional=True)
+
+  def _validate_sparsity(self):
+    for name in ("target_sparsity", "initial_sparsity"):
+      value = getattr(self, name)
+      if not 0.0 <= value < 1.0:
+        raise ValueError(
+            f"`{name}`={value!r} is outside [0, 1): it is the fraction of each "
+            "pruned kernel's weights set to zero (0.8 = 80% zeros). Use a "
+            "value such as 0.5 or 0.8.")
+    if self.initial_sparsity > self.target_sparsity:
+      raise ValueError(
+          f"`initial_sparsity`={self.initial_sparsity} is above "
+          f"`target_sparsity`={self.target_sparsity}: the schedule only "
+          "raises sparsity. Use an initial_sparsity <= target_sparsity.")
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"`schedule`={self.schedule!r} is not one of {SCHEDULES}. "
+                       "Use 'polynomial' (ramp up) or 'constant'.")
+
+  def _validate_structure(self):
+    s = self.sparsity_structure
+    if s not in (UNSTRUCTURED, CHANNELS):
+      m_by_n = parse_m_by_n(s)
+      if m_by_n is None:
+        raise ValueError(f"`sparsity_structure`={s!r} is not a known structure. "
+                         f"Use {_STRUCTURES_HELP}.")
+      m, n = m_by_n
+      if not 0 < m < n:
+        raise ValueError(
+            f"`sparsity_structure`={s!r}: an M:N block needs 0 < M < N (M "
+            "zeros in every N consecutive weights), for example '2:4'.")
+      object.__setattr__(self, "sparsity_structure", f"{m}:{n}")
+    if self.channel_ranking not in CHANNEL_RANKINGS:
+      raise ValueError(f"`channel_ranking`={self.channel_ranking!r} is not one "
+                       f"of {CHANNEL_RANKINGS}.")
+    if self.channel_norm not in CHANNEL_NORMS:
+      raise ValueError(f"`channel_norm`={self.channel_norm!r} is not one of "
+                       f"{CHANNEL_NORMS}.")
+    overlap = set(self.include_layers) & set(self.exclude_layers)
+    if overlap:
+      raise ValueError(
+          f"`include_layers` and `exclude_layers` both list {sorted(overlap)}; "
+          "a pattern can only be in one of them.")
+
+  def _validate_steps(self):
+    if self.begin_step < 0:
+      raise ValueError(f"`begin_step`={self.begin_step} must be >= 0 (0 prunes "
+                       "from the first fine-tuning step).")
+    if self.end_step is not None and self.end_step <= self.begin_step:
+      raise ValueError(
+          f"`end_step`={self.end_step} must be greater than `begin_step`="
+          f"{self.begin_step}: pruning ramps between them. Use e.g. end_step="
+          f"{self.begin_step + 100}, or leave it unset for 70% of the steps.")
+    if self.frequency is not None and self.frequency < 1:
+      raise ValueError(f"`frequency`={self.frequency} must be >= 1 (steps "
+                       "between mask updates).")
+    if (self.frequency is not None and self.end_step is not None
+        and (self.end_step - self.begin_step) % self.frequency):
+      # tfmot updates the mask at begin_step + k * frequency only, so an
+      # end_step off that grid never reaches the target sparsity.
+      span = self.end_step - self.begin_step
+      below = self.begin_step + span // self.frequency * self.frequency
+      above = below + self.frequency
+      fix = f"{below} or {above}" if below > self.begin_step else str(above)
+      raise ValueError(
+          f"`end_step`={self.end_step} is not `begin_step`={self.begin_step} "
+          f"plus a multiple of `frequency`={self.frequency}, so the last mask "
+          "update would fall short of target_sparsity. Use end_step="
+          f"{fix}, or leave end_step unset.")
+    if self.train_steps is not None and self.epochs is not None:
+      raise ValueError(
+          f"`train_steps`={self.train_steps} and `epochs`={self.epochs} are "
+          "both set; set only one of them.")
+    if self.train_steps is not None and self.train_steps < 1:
+      raise ValueError(f"`train_steps`={self.train_steps} must be >= 1.")
+    if self.epochs is not None and self.epochs < 1:
+      raise ValueError(f"`epochs`={self.epochs} must be >= 1.")
+    if self.finetune_steps < 0:
+      raise ValueError(f"`finetune_steps`={self.finetune_steps} must be >= 0.")
+    if self.m_by_n is None and (self.train_steps is not None
+                                or self.epochs is None):
+      # Known now (and used: an M:N mask is set once, at the first step):
+      # check the schedule fits in the steps.
+      self.schedule_steps(self.total_steps())
+
+  def _validate_training(self):
+    if self.batch_size < 1:
+      raise ValueError(f"`batch_size`={self.batch_size} must be >= 1.")
+    if not 0 < self.learning_rate < 1:
+      raise ValueError(
+          f"`learning_rate`={self.learning_rate} must be in (0, 1); "
+          "fine-tuning uses Adam, where 1e-4 to 1e-3 is usual.")
+    if self.seed < 0:
+      raise ValueError(f"`seed`={self.seed} must be >= 0.")
+    if not self.train_split:
+      raise ValueError("`train_split` is empty; name the Examples split to "
+                       "fine-tune on, e.g. 'train'.")
+    if self.label_key is not None and not self.label_key.strip():
+      raise ValueError("`label_key` is empty; name the label feature of the "
+                       "raw Examples, e.g. 'label'.")
+
+  def check_data_inputs(self, has_schema: bool, has_transform: bool) -> None:
+    """Checks the data inputs can feed the model (component and executor).
+
+    Without a ``module_file`` (whose ``input_fn`` may feed the model its own
+    way), the Examples are decoded with the Schema or the Transform's raw
+    feature spec, and the label is read by ``label_key``.
+    """
+    if self.module_file:
+      return
+    if not self.label_key:
+      raise ValueError(
+          "`label_key` is not set: name the label feature of the raw Examples "
+          "(e.g. label_key='label'), or give a `module_file` with an input_fn.")
+    if not has_schema and not has_transform:
+      raise ValueError(
+          "Neither `schema` nor `transform_graph` is wired, so the Examples "
+          "cannot be decoded. Wire SchemaGen's schema (or the Transform's "
+          "transform_graph), or give a `module_file` with an input_fn.")
+
+  # Derived values.
+
+  @property
+  def m_by_n(self) -> Optional[Tuple[int, int]]:
+    """(M, N) for an M:N structure, else None."""
+    return parse_m_by_n(self.sparsity_structure)
+
+  @property
+  def effective_target_sparsity(self) -> float:
+    """The sparsity the pruned kernels end with: M/N for an M:N structure."""
+    m_by_n = self.m_by_n
+    if m_by_n:
+      return m_by_n[0] / m_by_n[1]
+    return self.target_sparsity
+
+  def total_steps(self, train_examples: Optional[int] = None) -> int:
+    """Fine-tuning steps: ``train_steps``, or ``epochs`` over the train split.
+
+    Args:
+      train_examples: examples in the train split; needed with ``epochs``.
+    """
+    if self.epochs is None:
+      return self.train_steps or DEFAULT_TRAIN_STEPS
+    if not train_examples:
+      raise ValueError("`epochs` is set, so the number of train examples is "
+                       "needed to count the steps.")
+    return self.epochs * math.ceil(train_examples / self.batch_size)
+
+  def steps_per_epoch(self, train_examples: Optional[int] = None) -> Optional[int]:
+    if self.epochs is None:
+      return None
+    return math.ceil(train_examples / self.batch_size)
+
+  def schedule_steps(self, total_steps: int) -> Tuple[int, int, int]:
+    """(begin_step, end_step, frequency) for ``total_steps`` fine-tuning steps.
+
+    Fills in the automatic end_step and frequency, and checks the schedule ends
+    within the fine-tuning so the target sparsity is reached.
+
+    Raises:
+      ValueError: the steps do not fit.
+    """
+    return resolve_schedule(total_steps, self.begin_step, self.end_step,
+                            self.frequency)
+
+  def to_dict(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_parameters(cls, params: Mapping[str, Any]) -> "PrunerConfig":
+    """Builds from component parameters; None means the default, unknown keys
+    (other components' or later modes' parameters) are left out."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in params.items() if k in names and v is not None})
+
+
+def resolve_schedule(total_steps: int, begin_step: int = 0,
+                     end_step: Optional[int] = None,
+                     frequency: Optional[int] = None) -> Tuple[int, int, int]:
+  """(begin, end, frequency) with the automatic values filled in and checked.
+
+  Steps count from 0: a mask update "at step s" happens in the (s+1)-th
+  optimizer step, so ``end_step`` must be below ``total_steps``.
+
+  Example:
+
+      resolve_schedule(300)  # -> (0, 210, 10)
+  """
+  if total_steps < begin_step + 2:
+    raise ValueError(
+        f"The fine-tuning has {total_steps} step(s), too few for `begin_step`="
+        f"{begin_step}: pruning needs at least begin_step + 2 steps. Raise "
+        "`train_steps` (or `epochs`) or lower `begin_step`.")
+  available = total_steps - 1 - begin_step
+  if frequency is not None and end_step is None and frequency > available:
+    raise ValueError(
+        f"`frequency`={frequency} is more than the {available} step(s) "
+        f"available after `begin_step`={begin_step} in {total_steps} "
+        "fine-tuning steps. Lower `frequency` or raise `train_steps`.")
+  if end_step is None:
+    span = max(1, int(round(RAMP_FRACTION * (total_steps - begin_step))))
+    span = min(span, available)
+    if frequency is None:
+      frequency = max(1, span // MASK_UPDATES)
+    span = max(frequency, span - span % frequency)
+    end_step = begin_step + span
+  elif frequency is None:
+    span = end_step - begin_step
+    # The largest divisor of the span giving at least MASK_UPDATES updates,
+    # so the last update lands exactly on end_step.
+    frequency = max([d for d in range(1, span + 1)
+                     if span % d == 0 and span // d >= min(MASK_UPDATES, span)])
+  if end_step >= total_steps:
+    raise ValueError(
+        f"`end_step`={end_step} is not below the {total_steps} fine-tuning "
+        "steps, so the target sparsity would never be reached. Lower "
+        "`end_step` (or leave it unset), or raise `train_steps`/`epochs`.")
+  return begin_step, end_step, frequency
