@@ -39,6 +39,8 @@ def create_pipeline(
     pruner_kwargs: Optional[Dict[str, Any]] = None,
     quantizer_kwargs: Optional[Dict[str, Any]] = None,
     evaluator_kwargs: Optional[Dict[str, Any]] = None,
+    trainer_run_fn: Optional[str] = None,
+    train_args: Optional[Any] = None,
 ) -> tfx.dsl.Pipeline:
   """Builds the demo compression pipeline.
 
@@ -63,6 +65,11 @@ def create_pipeline(
     search_sparsities: when set (e.g. "0.5,0.6,0.7,0.8,0.9"), the Pruner
       searches these sparsities step by step and keeps the sparsest that passes.
     pruner_kwargs, quantizer_kwargs, evaluator_kwargs: more component parameters.
+    trainer_run_fn: dotted path of the Trainer's ``run_fn`` in an installed
+      package (e.g. 'pipelines.digits_trainer.run_fn'), used instead of
+      ``module_file``: nothing is packaged or uploaded when compiling (Kubeflow).
+    train_args: replaces ``train_steps``: a TrainArgs proto, or a str
+      RuntimeParameter holding its JSON, e.g. '{"num_steps": 600}' (Kubeflow).
 
   Returns:
     The TFX pipeline.
@@ -76,10 +83,12 @@ def create_pipeline(
   schema_gen = tfx.components.SchemaGen(
       statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
   trainer = tfx.components.Trainer(
-      module_file=module_file,
+      module_file=None if trainer_run_fn else module_file,
+      run_fn=trainer_run_fn,
       examples=example_gen.outputs["examples"],
       schema=schema_gen.outputs["schema"],
-      train_args=tfx.proto.TrainArgs(num_steps=train_steps),
+      train_args=(train_args if train_args is not None
+                  else tfx.proto.TrainArgs(num_steps=train_steps)),
       eval_args=tfx.proto.EvalArgs(num_steps=eval_steps))
 
   pruner_args = dict(

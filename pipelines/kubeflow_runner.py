@@ -1,0 +1,388 @@
+"""Compiles the demo pipeline for Kubeflow Pipelines v2 and Vertex AI Pipelines.
+
+    python -m pipelines.kubeflow_runner --image gcr.io/my-project/tfx-compression:0.1.0 \\
+        --pipeline-root gs://my-bucket/tfx --data-root gs://my-bucket/digits
+
+The same ``create_pipeline(...)`` as the local runner, compiled by TFX's
+KubeflowV2DagRunner, with every step running in ``--image`` (built from docker/).
+Nothing is uploaded or run: the command writes two files and prints their paths:
+
+- ``<output>.json``: a PipelineJob, for Vertex AI Pipelines
+  (``google.cloud.aiplatform.PipelineJob(template_path=...)``);
+- ``<output>.yaml``: the same PipelineSpec as YAML, for Kubeflow Pipelines
+  (``kfp.Client().create_run_from_pipeline_package(...)`` takes only YAML).
+
+Runtime parameters, changeable per run without recompiling (the values given here
+are their defaults): ``target_sparsity`` (float), ``max_drop`` (float, the
+accuracy threshold), ``prune_steps`` (int, the Pruner's fine-tuning steps) and
+``train_args`` (str, the Trainer's TrainArgs as JSON, e.g. ``{"num_steps": 600}``:
+TFX passes protos as JSON strings, so the Trainer's steps cannot be a bare int).
+
+The Trainer imports ``pipelines.digits_trainer.run_fn`` from the package installed in
+the image instead of packaging a module file: nothing is written to the pipeline
+root at compile time, and the code that runs is the code in the image.
+"""
+
+import argparse
+import os
+import re
+import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+from pipelines.local_runner import DEFAULTS as _LOCAL_DEFAULTS
+
+# KFP v2 and Vertex AI accept only this pipeline name pattern (TFX checks it too).
+PIPELINE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+DEFAULT_PIPELINE_NAME = "digits-compression"
+DEFAULT_OUTPUT_DIR = os.path.join("outputs", "kubeflow")
+TRAINER_RUN_FN = "pipelines.digits_trainer.run_fn"
+
+# Runtime parameter names, as they appear in the compiled spec and in a run's
+# parameter values.
+TARGET_SPARSITY = "target_sparsity"
+MAX_DROP = "max_drop"
+PRUNE_STEPS = "prune_steps"
+TRAIN_ARGS = "train_args"
+RUNTIME_PARAMETERS = (TARGET_SPARSITY, MAX_DROP, PRUNE_STEPS, TRAIN_ARGS)
+
+# Docker image reference (distribution/reference grammar, slightly simplified):
+# [domain[:port]/]path-component(/path-component)*[:tag][@digest]
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_NAME_RE = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG_RE = re.compile(r"[\w][\w.-]{0,127}")
+_DIGEST_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
+_SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+# Remote schemes tf.io.gfile handles in the image (TF 2.16 has no s3/hdfs built in).
+GFILE_SCHEMES = ("gs",)
+
+
+class UsageError(ValueError):
+  """A bad command-line value; the message names the option."""
+
+
+def split_image(image: str) -> Tuple[str, Optional[str], Optional[str]]:
+  """Splits an image reference into (name, tag, digest).
+
+  Example:
+    >>> split_image("gcr.io/p/tfx-compression:0.1.0")
+    ('gcr.io/p/tfx-compression', '0.1.0', None)
+    >>> split_image("localhost:5000/img")
+    ('localhost:5000/img', None, None)
+  """
+  name, _, digest = image.partition("@")
+  tag = None
+  slash = name.rfind("/")
+  colon = name.rfind(":")
+  if colon > slash:  # a ':' after the last '/' starts the tag, not a registry port
+    name, tag = name[:colon], name[colon + 1:]
+  return name, tag, (digest or None)
+
+
+def check_image(image: Optional[str]) -> str:
+  """The image reference, stripped; UsageError when empty, untagged or malformed.
+
+  Example:
+    >>> check_image("gcr.io/my-project/tfx-compression:0.1.0")
+    'gcr.io/my-project/tfx-compression:0.1.0'
+  """
+  image = (image or "").strip()
+  if not image:
+    raise UsageError(
+        "--image (make: IMAGE) is empty: give the image built from docker/ as "
+        "NAME:TAG, e.g. --image gcr.io/my-project/tfx-compression:0.1.0.")
+  name, tag, digest = split_image(image)
+  if tag is None and digest is None:
+    raise UsageError(
+        f"--image {image!r} has no tag: every step pulls this image, so name a "
+        f"fixed version, e.g. --image {image}:0.1.0 (or a digest, "
+        f"{image}@sha256:...).")
+  if not _NAME_RE.fullmatch(name):
+    raise UsageError(
+        f"--image {image!r}: {name!r} is not a valid image name (lowercase "
+        "letters, digits, '.', '_', '-' and '/' separated parts, an optional "
+        "registry host first), e.g. gcr.io/my-project/tfx-compression:0.1.0.")
+  if tag is not None and not _TAG_RE.fullmatch(tag):
+    raise UsageError(
+        f"--image {image!r}: tag {tag!r} is not valid (letters, digits, '_', '.', "
+        "'-', at most 128, not starting with '.' or '-').")
+  if digest is not None and not _DIGEST_RE.fullmatch(digest):
+    raise UsageError(
+        f"--image {image!r}: digest {digest!r} is not valid (expected "
+        "sha256:<64 hex digits>).")
+  return image
+
+
+def is_remote_uri(uri: str) -> bool:
+  """True for a URI with a scheme other than file:// (gs://, s3://, ...).
+
+  Example:
+    >>> is_remote_uri("gs://bucket/root"), is_remote_uri("/tmp/root")
+    (True, False)
+  """
+  match = _SCHEME_RE.match(uri)
+  return bool(match) and match.group(1).lower() != "file"
+
+
+def check_uri(value: Optional[str], option: str, make_var: Optional[str],
+              what: str) -> Tuple[str, Optional[str]]:
+  """(uri, warning or None); UsageError when the value is missing or empty.
+
+  Example:
+    >>> check_uri("gs://b/root", "--pipeline-root", "PIPELINE_ROOT", "the root")
+    ('gs://b/root', None)
+  """
+  value = (value or "").strip()
+  if not value:
+    named = f"{option} (make: {make_var})" if make_var else option
+    raise UsageError(
+        f"{named} is missing: give {what} as a URI the cluster can read, "
+        f"e.g. {option} gs://my-bucket/...")
+  warning = None
+  if not is_remote_uri(value):
+    warning = (
+        f"{option} {value!r} is a local path. The pipeline's steps run in pods "
+        f"on the cluster, which cannot see this machine's disk: use a gs:// URI "
+        f"unless every pod mounts {value!r}.")
+  elif _SCHEME_RE.match(value).group(1).lower() not in GFILE_SCHEMES:
+    warning = (
+        f"{option} {value!r}: the steps read and write it with tf.io.gfile, "
+        f"which in the image (TensorFlow 2.16 with the pinned packages) knows "
+        f"only gs:// and local paths ('File system scheme not implemented' "
+        f"otherwise). Use gs://, or add a file system plugin such as "
+        f"tensorflow-io to the image.")
+  return value, warning
+
+
+class _Parser(argparse.ArgumentParser):
+  """Errors on one line with exit code 2, like the local runner."""
+
+  def error(self, message):
+    self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The command line (--help names every option).
+
+  Nothing heavy is imported here, so that bad input fails at once; the values
+  that TFX components check (e.g. --quantization) are checked when compiling.
+  """
+  p = _Parser(
+      prog="python -m pipelines.kubeflow_runner",
+      description="Compile the digits compression pipeline for Kubeflow Pipelines "
+                  "v2 / Vertex AI Pipelines. Writes <output>.json (a PipelineJob, "
+                  "for Vertex AI) and <output>.yaml (the PipelineSpec, for "
+                  "Kubeflow Pipelines) and prints their paths.",
+      epilog="Runtime parameters (change them per run without recompiling; the "
+             "values above are their defaults): target_sparsity, max_drop, "
+             "prune_steps, train_args (JSON, e.g. '{\"num_steps\": 600}').")
+  p.add_argument("--image", default=None,
+                 help="NAME:TAG of the image built from docker/, run by every "
+                      "step (required)")
+  p.add_argument("--pipeline-root", default=None,
+                 help="where the steps write artifacts, a remote URI such as "
+                      "gs://bucket/path (required)")
+  p.add_argument("--data-root", default=None,
+                 help="remote directory of CSV files (64 pixel columns and "
+                      "`label`), CsvExampleGen's input (required)")
+  p.add_argument("--serving-model-dir", default=None,
+                 help="the Pusher's destination (default: "
+                      "<pipeline-root>/serving_model/<pipeline-name>)")
+  p.add_argument("--pipeline-name", default=DEFAULT_PIPELINE_NAME,
+                 help="pipeline name, [a-z0-9][a-z0-9-]* (default: %(default)s)")
+  p.add_argument("--output", default=None,
+                 help="path of the JSON to write; the YAML goes beside it "
+                      f"(default: {DEFAULT_OUTPUT_DIR}/<pipeline-name>.json)")
+  p.add_argument("--target-sparsity", type=float,
+                 default=_LOCAL_DEFAULTS["target_sparsity"],
+                 help="runtime parameter target_sparsity: fraction of weights to "
+                      "remove, in [0, 1) (default: %(default)s)")
+  p.add_argument("--max-drop", type=float, default=_LOCAL_DEFAULTS["max_drop"],
+                 help="runtime parameter max_drop: accuracy threshold, the largest "
+                      "allowed accuracy drop, 0.01 = one point "
+                      "(default: %(default)s)")
+  p.add_argument("--prune-steps", type=int, default=_LOCAL_DEFAULTS["prune_steps"],
+                 help="runtime parameter prune_steps: Pruner fine-tuning steps "
+                      "(default: %(default)s)")
+  p.add_argument("--train-steps", type=int, default=_LOCAL_DEFAULTS["train_steps"],
+                 help="Trainer steps, compiled as the default of runtime parameter "
+                      "train_args='{\"num_steps\": N}' (default: %(default)s)")
+  p.add_argument("--sparsity-structure",
+                 default=_LOCAL_DEFAULTS["sparsity_structure"],
+                 help="unstructured, an M:N block such as 2:4, or channels "
+                      "(default: %(default)s)")
+  p.add_argument("--quantization", default=_LOCAL_DEFAULTS["quantization"],
+                 help="Quantizer mode (dynamic, float16, int8, int16x8, qat), or "
+                      "none to gate the pruned SavedModel (default: %(default)s)")
+  p.add_argument("--no-cache", action="store_true",
+                 help="compile with step caching off")
+  return p
+
+
+def runtime_parameters(target_sparsity: float, max_drop: float, prune_steps: int,
+                       train_steps: int) -> Dict[str, Any]:
+  """The RuntimeParameters wired into create_pipeline, keyed by name.
+
+  Example:
+    >>> params = runtime_parameters(0.8, 0.01, 300, 600)
+    >>> params["train_args"].default
+    '{"num_steps": 600}'
+  """
+  from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
+  param = tfx.dsl.experimental.RuntimeParameter
+  return {
+      TARGET_SPARSITY: param(name=TARGET_SPARSITY, ptype=float,
+                             default=float(target_sparsity)),
+      MAX_DROP: param(name=MAX_DROP, ptype=float, default=float(max_drop)),
+      PRUNE_STEPS: param(name=PRUNE_STEPS, ptype=int, default=int(prune_steps)),
+      # TFX hands protos to executors as JSON strings; a str parameter is the
+      # documented way to make TrainArgs a runtime parameter.
+      TRAIN_ARGS: param(name=TRAIN_ARGS, ptype=str,
+                        default='{"num_steps": %d}' % int(train_steps)),
+  }
+
+
+def _add_defaults(pipeline_spec: Dict[str, Any], params: Dict[str, Any]) -> None:
+  """Writes each runtime parameter's default into the spec's root inputs.
+
+  TFX puts the values only into the PipelineJob's runtimeConfig, which Kubeflow
+  Pipelines does not read: with the defaults in the spec, a run needs no
+  arguments, and any of them can still be overridden.
+  """
+  inputs = pipeline_spec["root"]["inputDefinitions"]["parameters"]
+  for name, param in params.items():
+    inputs[name]["defaultValue"] = param.default
+    inputs[name]["isOptional"] = True
+    inputs[name]["description"] = _DESCRIPTIONS[name]
+
+
+_DESCRIPTIONS = {
+    TARGET_SPARSITY: "Pruner: fraction of weights to remove, in [0, 1).",
+    MAX_DROP: "Gate: largest allowed accuracy drop (0.01 = one point).",
+    PRUNE_STEPS: "Pruner: fine-tuning steps.",
+    TRAIN_ARGS: 'Trainer: TrainArgs as JSON, e.g. {"num_steps": 600}.',
+}
+
+
+def compile_pipeline(image: str, pipeline_root: str, data_root: str,
+                     output_path: str, pipeline_name: str = DEFAULT_PIPELINE_NAME,
+                     serving_model_dir: Optional[str] = None,
+                     target_sparsity: float = _LOCAL_DEFAULTS["target_sparsity"],
+                     max_drop: float = _LOCAL_DEFAULTS["max_drop"],
+                     prune_steps: int = _LOCAL_DEFAULTS["prune_steps"],
+                     train_steps: int = _LOCAL_DEFAULTS["train_steps"],
+                     sparsity_structure: str = _LOCAL_DEFAULTS["sparsity_structure"],
+                     quantization: str = _LOCAL_DEFAULTS["quantization"],
+                     enable_cache: bool = True) -> Tuple[str, str]:
+  """Compiles the demo pipeline; returns the paths of the JSON and the YAML written.
+
+  Values are not checked for remoteness here (see ``main``); the numbers are
+  checked by the components' own configs, with the message naming the parameter.
+
+  Example:
+    json_path, yaml_path = compile_pipeline(
+        "gcr.io/p/tfx-compression:0.1.0", "gs://b/root", "gs://b/digits",
+        "outputs/kubeflow/digits-compression.json")
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  import yaml  # pylint: disable=g-import-not-at-top
+  from pipelines import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner  # pylint: disable=g-import-not-at-top
+
+  serving_model_dir = serving_model_dir or "/".join(
+      [pipeline_root.rstrip("/"), "serving_model", pipeline_name])
+  common = dict(pipeline_name=pipeline_name, pipeline_root=pipeline_root,
+                data_root=data_root, serving_model_dir=serving_model_dir,
+                sparsity_structure=sparsity_structure, quantization=quantization,
+                enable_cache=enable_cache, trainer_run_fn=TRAINER_RUN_FN)
+  # The components skip RuntimeParameters when validating, so build the pipeline
+  # once with the defaults as plain values: a bad default fails here, by name.
+  pipeline_lib.create_pipeline(target_sparsity=target_sparsity, max_drop=max_drop,
+                               prune_steps=prune_steps, train_steps=train_steps,
+                               **common)
+  params = runtime_parameters(target_sparsity, max_drop, prune_steps, train_steps)
+  pipe = pipeline_lib.create_pipeline(
+      target_sparsity=params[TARGET_SPARSITY], max_drop=params[MAX_DROP],
+      prune_steps=params[PRUNE_STEPS], train_args=params[TRAIN_ARGS],
+      **common)
+  runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
+      config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
+          default_image=image, use_pipeline_spec_2_1=True))
+  job = runner.run(pipe, parameter_values={k: p.default for k, p in params.items()},
+                   write_out=False)
+  _add_defaults(job["pipelineSpec"], params)
+  # TFX sets the root only in the PipelineJob's runtimeConfig; Kubeflow Pipelines
+  # reads the spec's own default (Vertex AI reads either).
+  job["pipelineSpec"]["defaultPipelineRoot"] = pipeline_root
+  # TFX writes every number as a double (300.0); keep each value's own type.
+  job["runtimeConfig"]["parameterValues"] = {k: p.default
+                                             for k, p in params.items()}
+
+  json_path = output_path
+  yaml_path = os.path.splitext(output_path)[0] + ".yaml"
+  os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+  with open(json_path, "w") as f:
+    json.dump(job, f, indent=2, sort_keys=True)
+  with open(yaml_path, "w") as f:
+    yaml.safe_dump(job["pipelineSpec"], f, sort_keys=True)
+  return json_path, yaml_path
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  """Command-line entry: exit 0 with the paths on stdout, 2 on bad input."""
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    image = check_image(args.image)
+    pipeline_root, root_warning = check_uri(
+        args.pipeline_root, "--pipeline-root", "PIPELINE_ROOT",
+        "the pipeline root (where the steps write artifacts)")
+    data_root, data_warning = check_uri(
+        args.data_root, "--data-root", "DATA_ROOT",
+        "the data location (a directory of CSV files)")
+    if not PIPELINE_NAME_RE.fullmatch(args.pipeline_name):
+      raise UsageError(
+          f"--pipeline-name {args.pipeline_name!r} is not allowed by Kubeflow "
+          "Pipelines v2: use lowercase letters, digits and '-', starting with a "
+          "letter or digit, e.g. digits-compression.")
+    for option, value in (("--train-steps", args.train_steps),
+                          ("--prune-steps", args.prune_steps)):
+      if value < 1:
+        raise UsageError(f"{option} {value} must be >= 1.")
+    serving_warning = None
+    if args.serving_model_dir is not None:
+      args.serving_model_dir, serving_warning = check_uri(
+          args.serving_model_dir, "--serving-model-dir", None,
+          "the Pusher's destination")
+  except UsageError as e:
+    parser.error(str(e))
+  for warning in (root_warning, data_warning, serving_warning):
+    if warning:
+      sys.stderr.write(f"WARNING: {warning}\n")
+  if image.endswith(":latest"):
+    sys.stderr.write(
+        f"WARNING: --image {image!r} uses the tag 'latest', which moves: steps of "
+        "one run may pull different images. Prefer a version tag.\n")
+  output = args.output or os.path.join(DEFAULT_OUTPUT_DIR,
+                                       f"{args.pipeline_name}.json")
+  if not output.endswith(".json"):
+    parser.error(f"--output {output!r} must end with .json (the YAML is written "
+                 "beside it).")
+  try:
+    json_path, yaml_path = compile_pipeline(
+        image=image, pipeline_root=pipeline_root, data_root=data_root,
+        output_path=output, pipeline_name=args.pipeline_name,
+        serving_model_dir=args.serving_model_dir,
+        target_sparsity=args.target_sparsity, max_drop=args.max_drop,
+        prune_steps=args.prune_steps, train_steps=args.train_steps,
+        sparsity_structure=args.sparsity_structure,
+        quantization=args.quantization, enable_cache=not args.no_cache)
+  except (ValueError, TypeError) as e:
+    parser.error(str(e))
+  print(json_path)
+  print(yaml_path)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
