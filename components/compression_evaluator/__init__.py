@@ -1,1 +1,1 @@
-"""compression_evaluator component."""
+"""CompressionEvaluator: the deployment gate of a compressed model (see README.md)."""

@@ -1,0 +1,318 @@
+"""Tests for the CompressionEvaluator's pure core: metrics, decision, TFLite I/O."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from scipy import special
+from sklearn import metrics as skm
+import tensorflow as tf
+import tf_keras as keras
+
+from components.common import thresholds
+from components.compression_evaluator import config as config_lib
+from components.compression_evaluator import evaluation as ev
+
+SEED = 7
+
+
+def _stats_in_batches(outputs, labels, top_k=5, sizes=(37, 100, 1)):
+  """Stats computed batch by batch (uneven sizes) and merged, the output kind
+  detected once as the evaluator does."""
+  kind = ev.detect_output_kind(outputs[:64])
+  total, start, i = None, 0, 0
+  while start < len(labels):
+    end = start + sizes[i % len(sizes)]
+    s = ev.batch_stats(outputs[start:end], labels[start:end], top_k, kind)
+    total = s if total is None else total.merge(s)
+    start, i = end, i + 1
+  return total
+
+
+def _random_probs(rng, n, c):
+  return rng.dirichlet(np.ones(c) * 0.7, size=n)
+
+
+class TestMetricsMatchSklearn:
+
+  @pytest.mark.parametrize("kind", ["probabilities", "logits"])
+  def test_multiclass(self, kind):
+    rng = np.random.default_rng(SEED)
+    n, c = 600, 6
+    labels = rng.integers(0, c, n)
+    if kind == "logits":
+      outputs = rng.normal(0, 2.5, (n, c))
+      probs = special.softmax(outputs, axis=1)
+    else:
+      outputs = probs = _random_probs(rng, n, c)
+    stats = _stats_in_batches(outputs, labels, top_k=3)
+    m = ev.metrics_from_stats(stats)
+    pred = probs.argmax(1)
+    assert m["count"] == n
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, pred), abs=1e-12)
+    for name, fn in (("precision", skm.precision_score),
+                     ("recall", skm.recall_score), ("f1", skm.f1_score)):
+      assert m[name] == pytest.approx(
+          fn(labels, pred, average="macro", zero_division=0), abs=1e-12), name
+    assert m["top_k_accuracy"] == pytest.approx(
+        skm.top_k_accuracy_score(labels, probs, k=3, labels=range(c)), abs=1e-12)
+    assert m["crossentropy"] == pytest.approx(
+        skm.log_loss(labels, probs, labels=range(c)), abs=1e-6)
+    assert m["auc"] == pytest.approx(
+        skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro"),
+        abs=2e-3)
+    assert stats.logit_rows == (n if kind == "logits" else 0)
+
+  @pytest.mark.parametrize("kind", ["sigmoid", "logit", "two_units"])
+  def test_binary(self, kind):
+    rng = np.random.default_rng(SEED + 1)
+    n = 500
+    labels = rng.integers(0, 2, n)
+    # Scores that carry signal, so precision and recall are not trivial.
+    p1 = special.expit(rng.normal(0, 1.5, n) + 1.2 * (labels - 0.5))
+    outputs = {"sigmoid": p1[:, None], "logit": special.logit(p1),
+               "two_units": np.stack([1 - p1, p1], 1)}[kind]
+    m = ev.metrics_from_stats(_stats_in_batches(outputs, labels))
+    pred = (p1 > 0.5).astype(int)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, pred))
+    assert m["precision"] == pytest.approx(skm.precision_score(labels, pred))
+    assert m["recall"] == pytest.approx(skm.recall_score(labels, pred))
+    assert m["f1"] == pytest.approx(skm.f1_score(labels, pred))
+    assert m["auc"] == pytest.approx(skm.roc_auc_score(labels, p1), abs=2e-3)
+    assert m["crossentropy"] == pytest.approx(skm.log_loss(labels, p1), abs=1e-6)
+
+  def test_auc_is_exact_when_scores_fall_in_distinct_bins(self):
+    rng = np.random.default_rng(SEED + 2)
+    scores = (rng.permutation(ev.AUC_BINS)[:300] + 0.5) / ev.AUC_BINS
+    labels = rng.integers(0, 2, 300)
+    m = ev.metrics_from_stats(ev.batch_stats(scores, labels))
+    assert m["auc"] == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-12)
+
+
+class TestStatistics:
+
+  def test_merge_is_independent_of_batching_and_order(self):
+    rng = np.random.default_rng(SEED)
+    probs, labels = _random_probs(rng, 300, 4), rng.integers(0, 4, 300)
+    whole = ev.batch_stats(probs, labels)
+    parts = [ev.batch_stats(probs[i:i + 64], labels[i:i + 64])
+             for i in range(0, 300, 64)]
+    merged = parts[-1]
+    for p in reversed(parts[:-1]):
+      merged = p.merge(merged)
+    assert json.dumps(merged.to_dict()) == json.dumps(whole.to_dict())
+
+  def test_to_dict_round_trip(self):
+    rng = np.random.default_rng(SEED)
+    s = ev.batch_stats(_random_probs(rng, 50, 3), rng.integers(0, 3, 50))
+    back = ev.MetricStats.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert back.to_dict() == s.to_dict()
+    assert ev.metrics_from_stats(back) == ev.metrics_from_stats(s)
+
+  def test_nan_and_inf_rows_are_counted_apart(self):
+    probs = np.array([[0.9, 0.1], [np.nan, 0.5], [0.2, np.inf], [0.3, 0.7]])
+    s = ev.batch_stats(probs, np.array([0, 0, 1, 1]))
+    assert (s.count, s.nonfinite, s.examples) == (2, 2, 4)
+    assert ev.metrics_from_stats(s)["accuracy"] == 1.0
+
+  def test_bad_labels_are_counted(self):
+    s = ev.batch_stats(np.eye(3), np.array([0, 7, 1.5]))
+    assert (s.count, s.bad_labels) == (1, 2)
+
+  def test_string_labels_are_an_error(self):
+    with pytest.raises(ev.EvaluationError, match="strings"):
+      ev.batch_stats(np.eye(2), np.array([b"cat", b"dog"]))
+
+  @pytest.mark.parametrize("outputs,kind", [
+      ([[0.2, 0.8], [1.0, 0.0]], "probabilities"),
+      ([[0.2, 0.7]], "logits"),            # does not sum to 1
+      ([[2.0, -1.0], [0.5, 0.5]], "logits"),
+      ([[0.3], [0.9]], "probabilities"),   # one sigmoid unit
+      ([[0.3], [1.7]], "logits"),          # one unit, a logit outside [0, 1]
+      ([[np.nan, np.nan], [0.4, 0.6]], "probabilities"),  # NaN rows ignored
+  ])
+  def test_output_kind(self, outputs, kind):
+    assert ev.detect_output_kind(np.array(outputs)) == kind
+
+  def test_quantized_probabilities_are_not_taken_for_logits(self):
+    rng = np.random.default_rng(SEED)
+    probs = _random_probs(rng, 200, 10)
+    quantized = np.round(probs * 256) / 256  # an int8 softmax's resolution
+    _, logits = ev.to_probabilities(quantized)
+    assert not logits.any()
+    assert ev.detect_output_kind(quantized) == ev.PROBABILITIES
+
+  def test_no_example_gives_nan(self):
+    m = ev.metrics_from_stats(ev.MetricStats(num_classes=3, top_k=5))
+    assert m["count"] == 0 and math.isnan(m["accuracy"])
+
+  def test_memory_does_not_grow_with_examples(self):
+    rng = np.random.default_rng(SEED)
+    small = ev.batch_stats(_random_probs(rng, 10, 4), rng.integers(0, 4, 10))
+    big = ev.batch_stats(_random_probs(rng, 5000, 4), rng.integers(0, 4, 5000))
+    assert len(json.dumps(big.merge(small).to_dict())) < 1.1 * len(
+        json.dumps(small.to_dict())) + 20000
+
+  def test_class_count_mismatch_is_an_error(self):
+    with pytest.raises(ev.EvaluationError, match="classes"):
+      ev.batch_stats(np.eye(3), [0, 1, 2]).merge(ev.batch_stats(np.eye(2), [0, 1]))
+
+
+class TestDecide:
+
+  def _metrics(self, acc):
+    return {name: acc for name in thresholds.METRICS}
+
+  def test_blessed_when_every_threshold_holds(self):
+    gate = thresholds.GateThresholds(max_drop=0.02, min_compression_ratio=2.0)
+    d = ev.decide(gate, self._metrics(0.95), self._metrics(0.94), 3.9, 0.5)
+    assert d.blessed and d.verdict.startswith("BLESSED")
+    assert [c.name for c in d.checks] == ["max_drop", "min_compression_ratio"]
+
+  def test_each_failure_is_named(self):
+    gate = thresholds.GateThresholds(max_drop=0.01, min_value=0.9,
+                                     min_compression_ratio=4.0,
+                                     max_latency_ratio=1.0)
+    d = ev.decide(gate, self._metrics(0.95), self._metrics(0.92), 3.0, 1.5)
+    assert not d.blessed
+    failed = [c.name for c in d.checks if not c.passed]
+    assert failed == ["max_drop", "min_compression_ratio", "max_latency_ratio"]
+    for name in failed:
+      assert name in d.verdict
+
+  def test_unblessed_baseline(self):
+    gate = thresholds.GateThresholds(max_drop=0.5)
+    d = ev.decide(gate, self._metrics(0.9), self._metrics(0.9),
+                  baseline_blessed=False)
+    assert not d.blessed and ev.BASELINE_NOT_BLESSED in d.verdict
+    assert all(c.passed for c in d.checks)
+    assert ev.decide(gate, self._metrics(0.9), self._metrics(0.9),
+                     baseline_blessed=True).blessed
+
+  def test_nan_predictions_are_not_blessed(self):
+    gate = thresholds.GateThresholds(max_drop=0.5)
+    d = ev.decide(gate, self._metrics(0.9), self._metrics(0.9),
+                  candidate_nonfinite=3, examples=100)
+    assert not d.blessed
+    assert "3 of 100 candidate predictions were NaN or infinite" in d.verdict
+
+
+class TestConfig:
+
+  def test_builds_the_gate(self):
+    c = config_lib.EvaluatorConfig.from_parameters(
+        {"label_key": "label", "metric": "sparse_categorical_accuracy",
+         "max_drop": 0.01, "compression_measure": "GZIP", "batch_size": None})
+    assert c.metric == "accuracy" and c.thresholds.max_drop == 0.01
+    assert c.compression_measure == "gzip" and c.batch_size == 256
+
+  @pytest.mark.parametrize("params,error,match", [
+      ({"max_drop": 0.01}, ValueError, "label_key"),
+      ({"label_key": "label"}, ValueError, "max_drop"),
+      ({"label_key": "label", "max_drop": 0.01, "metric": "acc"}, ValueError,
+       "accuracy, auc"),
+      ({"label_key": "label", "metric": "crossentropy", "min_value": 0.2},
+       ValueError, "contradicts"),
+      ({"label_key": "label", "max_drop": 0.01, "batch_size": 0}, ValueError,
+       "batch_size"),
+      ({"label_key": "label", "max_drop": 0.01, "batch_size": 2.5}, TypeError,
+       "batch_size"),
+      ({"label_key": "label", "max_drop": 0.01, "compression_measure": "zip"},
+       ValueError, "compression_measure"),
+      ({"label_key": "label", "max_drop": 0.01, "max_latency_ratio": 1.0,
+        "latency_samples": 0}, ValueError, "latency_samples"),
+  ])
+  def test_bad_values(self, params, error, match):
+    with pytest.raises(error, match=match):
+      config_lib.EvaluatorConfig.from_parameters(params)
+
+
+def _tiny_model(names=("a", "b"), classes=3, seed=0):
+  keras.utils.set_random_seed(seed)
+  inputs = {n: keras.Input(shape=(1,), name=n) for n in names}
+  x = keras.layers.Concatenate()(list(inputs.values()))
+  x = keras.layers.Dense(8, activation="relu", name="hidden")(x)
+  out = keras.layers.Dense(classes, activation="softmax", name="out")(x)
+  return keras.Model(inputs, out)
+
+
+class TestModels:
+
+  def test_float_tflite_matches_keras(self):
+    model = _tiny_model()
+    tfl = ev.TFLitePredictor(model_content=ev.keras_to_float_tflite(model))
+    assert tfl.input_names == ["a", "b"] and tfl.num_outputs == 3
+    feats = {n: np.random.default_rng(1).normal(size=(5, 1)).astype(np.float32)
+             for n in ("a", "b")}
+    want = ev.KerasPredictor(model).predict(feats)
+    np.testing.assert_allclose(tfl.predict(feats), want, atol=1e-5)
+
+  def test_int8_model_is_fed_quantized_and_read_dequantized(self):
+    model = _tiny_model()
+    rng = np.random.default_rng(2)
+    specs = {n: tf.TensorSpec([1, 1], tf.float32, name=n) for n in ("a", "b")}
+    fn = tf.function(lambda x: {"out": model(x)}, input_signature=[specs])
+    conv = tf.lite.TFLiteConverter.from_concrete_functions(
+        [fn.get_concrete_function()], model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: (
+        {n: rng.normal(size=(1, 1)).astype(np.float32) for n in ("a", "b")}
+        for _ in range(50))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = conv.inference_output_type = tf.int8
+    tfl = ev.TFLitePredictor(model_content=conv.convert())
+    assert np.dtype(tfl.inputs["a"]["dtype"]) == np.int8
+    feats = {n: rng.normal(size=(20, 1)).astype(np.float32) for n in ("a", "b")}
+    got = tfl.predict(feats)
+    np.testing.assert_allclose(got, ev.KerasPredictor(model).predict(feats),
+                               atol=0.05)
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=0.03)
+
+  def test_quantize_round_trip(self):
+    detail = {"dtype": np.int8, "quantization": (0.05, -3)}
+    x = np.array([[-1.0, 0.0, 0.52, 100.0]])
+    # pylint: disable=protected-access
+    q = ev._quantize(x, detail)
+    assert q.dtype == np.int8 and q[0, -1] == 127  # clipped, not wrapped
+    np.testing.assert_allclose(ev._dequantize(q, detail)[0, :3],
+                               [-1.0, 0.0, 0.5])
+
+  def test_tflite_sparsity(self):
+    model = _tiny_model()
+    kernel, bias = model.get_layer("hidden").get_weights()
+    kernel[:, :4] = 0.0  # half of the hidden kernel
+    model.get_layer("hidden").set_weights([kernel, bias])
+    sparsity = ev.tflite_sparsity(ev.keras_to_float_tflite(model))
+    # 8 of 16 + 0 of 24 kernel weights are zero.
+    assert sparsity == pytest.approx(8 / 40)
+
+  def test_tflite_latency_is_measured_for_each_model(self):
+    model = _tiny_model()
+    content = ev.keras_to_float_tflite(model)
+    preds = {"baseline": ev.TFLitePredictor(model_content=content),
+             "candidate": ev.TFLitePredictor(model_content=content)}
+    feats = {n: np.ones((5, 1), np.float32) for n in ("a", "b")}
+    lat = ev.tflite_latency(preds, feats, warmup=2)
+    assert set(lat) == {"baseline", "candidate"}
+    assert all(0 < v < 1 for v in lat.values())
+
+  def test_candidate_inputs_must_be_the_baselines(self):
+    base = ev.KerasPredictor(_tiny_model(("a", "b")))
+    other = ev.KerasPredictor(_tiny_model(("a", "c")))
+    # pylint: disable=protected-access
+    with pytest.raises(ev.EvaluationError, match=r"\['c'\].*'a', 'b'"):
+      ev._check_inputs(base, other)
+    with pytest.raises(ev.EvaluationError, match="4 class"):
+      ev._check_inputs(base, ev.KerasPredictor(_tiny_model(classes=4)))
+
+  def test_custom_objects_module(self, tmp_path):
+    path = os.path.join(tmp_path, "objects.py")
+    with open(path, "w") as f:
+      f.write("def custom_objects():\n  return {'swish2': abs}\n")
+    assert ev.load_custom_objects(path) == {"swish2": abs}
+    with open(path, "w") as f:
+      f.write("custom_objects = [1]\n")
+    with pytest.raises(ev.EvaluationError, match="must be a dict"):
+      ev.load_custom_objects(path)
