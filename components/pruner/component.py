@@ -43,13 +43,21 @@ SEED_KEY = "seed"
 TRAIN_SPLIT_KEY = "train_split"
 EVAL_SPLIT_KEY = "eval_split"
 MODULE_FILE_KEY = "module_file"
+SEARCH_SPARSITIES_KEY = "search_sparsities"
+SEARCH_STEPS_KEY = "search_steps"
+METRIC_KEY = "metric"
+MAX_DROP_KEY = "max_drop"
+MAX_RELATIVE_DROP_KEY = "max_relative_drop"
+MIN_VALUE_KEY = "min_value"
 
-_FLOAT = (TARGET_SPARSITY_KEY, INITIAL_SPARSITY_KEY, LEARNING_RATE_KEY)
+_FLOAT = (TARGET_SPARSITY_KEY, INITIAL_SPARSITY_KEY, LEARNING_RATE_KEY,
+          MAX_DROP_KEY, MAX_RELATIVE_DROP_KEY, MIN_VALUE_KEY)
 _INT = (BEGIN_STEP_KEY, END_STEP_KEY, FREQUENCY_KEY, FINETUNE_STEPS_KEY,
-        TRAIN_STEPS_KEY, EPOCHS_KEY, BATCH_SIZE_KEY, SEED_KEY)
+        TRAIN_STEPS_KEY, EPOCHS_KEY, BATCH_SIZE_KEY, SEED_KEY, SEARCH_STEPS_KEY)
 _STR = (LABEL_KEY_KEY, SCHEDULE_KEY, SPARSITY_STRUCTURE_KEY, INCLUDE_LAYERS_KEY,
         EXCLUDE_LAYERS_KEY, CHANNEL_RANKING_KEY, CHANNEL_NORM_KEY,
-        TRAIN_SPLIT_KEY, EVAL_SPLIT_KEY, MODULE_FILE_KEY)
+        TRAIN_SPLIT_KEY, EVAL_SPLIT_KEY, MODULE_FILE_KEY, SEARCH_SPARSITIES_KEY,
+        METRIC_KEY)
 
 
 class PrunerSpec(ComponentSpec):
@@ -130,7 +138,13 @@ class Pruner(base_component.BaseComponent):
       seed: Number = 0,
       train_split: str = "train",
       eval_split: str = "eval",
-      module_file: Optional[str] = None):
+      module_file: Optional[str] = None,
+      search_sparsities: Union[str, Sequence[float], None] = None,
+      search_steps: Optional[Number] = None,
+      metric: str = "accuracy",
+      max_drop: Optional[Number] = None,
+      max_relative_drop: Optional[Number] = None,
+      min_value: Optional[Number] = None):
     """Checks the parameters (fails now, not at run time) and wires channels.
 
     Args:
@@ -144,6 +158,12 @@ class Pruner(base_component.BaseComponent):
       batch_size, learning_rate, seed, train_split, eval_split, module_file:
         see :class:`components.pruner.config.PrunerConfig`. Layer patterns may
         be a list or a comma-separated string.
+      search_sparsities: turns on the iterative search: sparsities to try in
+        rising order (list or '0.5,0.6,0.7'); the sparsest step that passes
+        the gate is emitted (components/pruner/search.py).
+      search_steps: fine-tuning steps per search step (default train_steps).
+      metric, max_drop, max_relative_drop, min_value: the gate each search
+        step must pass, with the CompressionEvaluator's rules.
     """
     params = {
         LABEL_KEY_KEY: label_key,
@@ -167,6 +187,12 @@ class Pruner(base_component.BaseComponent):
         TRAIN_SPLIT_KEY: train_split,
         EVAL_SPLIT_KEY: eval_split,
         MODULE_FILE_KEY: module_file,
+        SEARCH_SPARSITIES_KEY: _join_sparsities(search_sparsities),
+        SEARCH_STEPS_KEY: search_steps,
+        METRIC_KEY: metric,
+        MAX_DROP_KEY: max_drop,
+        MAX_RELATIVE_DROP_KEY: max_relative_drop,
+        MIN_VALUE_KEY: min_value,
     }
     # Ints are valid floats: TFX checks the declared type strictly.
     for key in _FLOAT:
@@ -189,3 +215,9 @@ def _join(value, parameter: str):
   if artifacts.is_placeholder(value) or value is None:
     return value
   return ",".join(config_lib.split_patterns(value, parameter))
+
+
+def _join_sparsities(value):
+  if artifacts.is_placeholder(value) or value is None or isinstance(value, str):
+    return value
+  return ",".join(f"{v:g}" for v in config_lib.parse_sparsities(value))

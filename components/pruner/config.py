@@ -16,6 +16,8 @@ import math
 import re
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
+from components.common import thresholds as thresholds_lib
+
 SCHEDULES = ("polynomial", "constant")
 UNSTRUCTURED = "unstructured"
 CHANNELS = "channels"
@@ -59,6 +61,38 @@ def split_patterns(value: Union[str, Sequence[str], None],
     raise TypeError(f"`{parameter}` must be a comma-separated string or a list "
                     f"of strings, got {type(value).__name__} {value!r}.")
   return tuple(p.strip() for p in items if p.strip())
+
+
+def parse_sparsities(value: Union[str, Sequence[float], None]) -> Tuple[float, ...]:
+  """'0.5,0.6,0.7' or a list -> strictly increasing sparsities in (0, 1)."""
+  if value is None or value == "" or value == ():
+    return ()
+  items = value.split(",") if isinstance(value, str) else list(value)
+  out = []
+  for item in items:
+    if isinstance(item, str):
+      item = item.strip()
+      if not item:
+        continue
+      try:
+        item = float(item)
+      except ValueError:
+        raise ValueError(
+            f"`search_sparsities`={value!r}: {item!r} is not a number. Give "
+            "comma-separated sparsities such as '0.5,0.6,0.7,0.8'.") from None
+    if isinstance(item, bool) or not isinstance(item, (int, float)):
+      raise TypeError(f"`search_sparsities` items must be numbers, got "
+                      f"{type(item).__name__} {item!r}.")
+    if not 0.0 < float(item) < 1.0:
+      raise ValueError(
+          f"`search_sparsities`={value!r}: {item} is outside (0, 1). Each is a "
+          "fraction of weights (or channels) removed, e.g. 0.5.")
+    out.append(float(item))
+  if any(b <= a for a, b in zip(out, out[1:])):
+    raise ValueError(
+        f"`search_sparsities`={value!r} must rise strictly (each step prunes "
+        "more than the last), e.g. '0.5,0.6,0.7,0.8,0.9'.")
+  return tuple(out)
 
 
 def _check_int(name: str, value: Any, optional: bool = False) -> None:
@@ -151,6 +185,14 @@ class PrunerConfig:
   train_split: str = "train"
   eval_split: str = "eval"
   module_file: Optional[str] = None
+  # Iterative search (components/pruner/search.py): the sparsities to try in
+  # order, the fine-tuning steps of each, and the gate each step must pass.
+  search_sparsities: Tuple[float, ...] = ()
+  search_steps: Optional[int] = None
+  metric: str = "accuracy"
+  max_drop: Optional[float] = None
+  max_relative_drop: Optional[float] = None
+  min_value: Optional[float] = None
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)  # frozen dataclass
@@ -169,6 +211,7 @@ class PrunerConfig:
     self._validate_structure()
     self._validate_steps()
     self._validate_training()
+    self._validate_search()
 
   # Validation, one group of rules per method (a new mode adds its own).
 
@@ -283,6 +326,49 @@ class PrunerConfig:
     if self.label_key is not None and not self.label_key.strip():
       raise ValueError("`label_key` is empty; name the label feature of the "
                        "raw Examples, e.g. 'label'.")
+
+  def _validate_search(self):
+    object.__setattr__(self, "search_sparsities",
+                       parse_sparsities(self.search_sparsities))
+    _check_int("search_steps", self.search_steps, optional=True)
+    gate_values = {k: getattr(self, k) for k in thresholds_lib.QUALITY_FIELDS}
+    if not self.search_sparsities:
+      given = sorted(k for k, v in gate_values.items() if v is not None)
+      if given or self.search_steps is not None:
+        raise ValueError(
+            f"{given or ['search_steps']} only apply to the pruning search, "
+            "which `search_sparsities` turns on (e.g. "
+            "search_sparsities='0.5,0.6,0.7,0.8,0.9'). Set it, or drop them and "
+            "gate the pruned model with the CompressionEvaluator.")
+      return
+    # The same rules and messages as the CompressionEvaluator's gate.
+    object.__setattr__(self, "metric",
+                       self.gate().metric)
+    if self.search_steps is not None and self.search_steps < 2:
+      raise ValueError(f"`search_steps`={self.search_steps} must be >= 2 "
+                       "(fine-tuning steps of each search step).")
+    if self.eval_split == "":
+      raise ValueError("The pruning search evaluates each step on `eval_split`, "
+                       "which is empty; name the eval split, e.g. 'eval'.")
+    if self.m_by_n is None and self.search_sparsities[0] < self.initial_sparsity:
+      raise ValueError(
+          f"`search_sparsities` starts at {self.search_sparsities[0]}, below "
+          f"`initial_sparsity`={self.initial_sparsity}; start at or above it.")
+    resolve_schedule(self.stage_steps())
+
+  def gate(self) -> thresholds_lib.GateThresholds:
+    """The search's gate (the CompressionEvaluator's rules, one definition)."""
+    return thresholds_lib.GateThresholds(
+        metric=self.metric, max_drop=self.max_drop,
+        max_relative_drop=self.max_relative_drop, min_value=self.min_value)
+
+  @property
+  def is_search(self) -> bool:
+    return bool(self.search_sparsities)
+
+  def stage_steps(self) -> int:
+    """Fine-tuning steps of one search step (default: ``train_steps``)."""
+    return self.search_steps or self.train_steps or DEFAULT_TRAIN_STEPS
 
   def check_data_inputs(self, has_schema: bool, has_transform: bool) -> None:
     """Checks the data inputs can feed the model (component and executor).

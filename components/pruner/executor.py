@@ -16,6 +16,7 @@ from components.common import model_io
 from components.common import model_stats
 from components.pruner import config as config_lib
 from components.pruner import pruning
+from components.pruner import search
 
 # Input and output keys (component.py re-exports them for the spec).
 MODEL_KEY = "model"
@@ -81,16 +82,30 @@ class Executor(base_executor.BaseExecutor):
     # Both outputs appear only if everything succeeds: no partial model.
     with model_io.staged_output(serving) as model_dir, \
         model_io.staged_output(run_artifact.uri) as log_dir:
-      result = pruning.prune_model(
-          model, train_ds, config, eval_ds=eval_ds, log_dir=log_dir,
-          custom_objects=custom_objects, train_examples=train_examples)
+      if config.is_search:
+        loss, _ = pruning.resolve_loss(model, custom_objects)
+        searched = search.search_sparsity(model, train_ds, eval_ds, config,
+                                          config.gate(), loss=loss,
+                                          log_dir=log_dir)
+        result = searched.prune_result
+      else:
+        searched = None
+        result = pruning.prune_model(
+            model, train_ds, config, eval_ds=eval_ds, log_dir=log_dir,
+            custom_objects=custom_objects, train_examples=train_examples)
       pruning.export_pruned(result, model, model_dir,
                             _sample_examples(eval_patterns or train_patterns),
                             label_key=config.label_key)
-      properties = result.properties()
+      properties = (searched.properties() if searched else result.properties())
       properties["saved_model_bytes"] = model_stats.dir_bytes(model_dir)
       properties["baseline_saved_model_bytes"] = model_stats.dir_bytes(source)
 
+    if searched is not None:
+      # Beside the model, not inside Format-Serving: the Pusher pushes that
+      # directory, and the curve is not part of the model.
+      artifacts.write_json(os.path.join(pruned_artifact.uri,
+                                        search.SEARCH_FILENAME),
+                           searched.to_dict())
     artifacts.set_properties(pruned_artifact, properties)
     logging.info("Pruner wrote %s: sparsity %.4f (target %.4f), %d of %d "
                  "weights zero, gzip weights %d -> %d bytes, eval %s -> %s.",

@@ -308,3 +308,42 @@ def test_component_wires_and_encodes():
       props["initial_sparsity"], float)
   assert set(pruner.outputs) == {"pruned_model", "model_run"}
   assert json.dumps(props["train_steps"]) == "50"
+
+
+# The iterative search (components/pruner/search.py) through the executor.
+
+
+def test_search_emits_the_chosen_step_with_its_curve(tmp_path, model_artifact,
+                                                     examples_artifact,
+                                                     schema_artifact):
+  from components.pruner import search
+  out, run = _run(tmp_path, model_artifact, examples_artifact, schema_artifact,
+                  search_sparsities="0.5,0.7,0.95", search_steps=30,
+                  max_drop=0.03)
+  with open(os.path.join(out.uri, search.SEARCH_FILENAME)) as f:
+    curve = json.load(f)
+  steps = curve["steps"]
+  assert [s["sparsity"] for s in steps][:2] == [0.5, 0.7]
+  passed = [s for s in steps if s["passed"]]
+  assert passed and all(s["passed"] for s in steps[:len(passed)])
+  chosen = passed[-1]
+  assert curve["chosen_sparsity"] == chosen["sparsity"]
+  assert out.get_custom_property("search_chosen_sparsity") == chosen["sparsity"]
+  assert out.get_custom_property("search_steps_tried") == len(steps)
+  assert abs(out.get_custom_property("sparsity") - chosen["sparsity"]) < 0.01
+  # The emitted SavedModel holds exactly the chosen step's weights.
+  emitted = model_io.load_keras_model(os.path.join(out.uri, "Format-Serving"))
+  assert search.weights_digest(emitted) == chosen["weights_sha256"]
+  # The curve is in TensorBoard too.
+  assert any("search" in root for root, _, _ in os.walk(run.uri))
+
+
+def test_search_whose_first_step_fails_emits_nothing(tmp_path, model_artifact,
+                                                     examples_artifact,
+                                                     schema_artifact):
+  from components.pruner import search
+  with pytest.raises(search.SearchError, match="first step") as e:
+    _run(tmp_path, model_artifact, examples_artifact, schema_artifact,
+         search_sparsities="0.5,0.7", search_steps=20, min_value=1.01)
+  assert "sparsity 0.5" in str(e.value)
+  assert not os.path.exists(tmp_path / "run" / "pruned_model" / "Format-Serving")

@@ -114,7 +114,7 @@ class TestConfig:
 
   def test_from_parameters_skips_none_and_unknown(self):
     c = PrunerConfig.from_parameters(
-        {"target_sparsity": 0.5, "end_step": None, "search_sparsities": "0.5"})
+        {"target_sparsity": 0.5, "end_step": None, "max_latency_ratio": 2.0})
     assert c.target_sparsity == 0.5 and c.end_step is None
 
   def test_data_inputs(self):

@@ -1,0 +1,318 @@
+"""Iterative pruning: raise the sparsity step by step, keep the sparsest model that passes.
+
+Each step continues from the previous step's weights (the run costs one fine-tuning
+per step, not a growing sum), then the model is evaluated on the eval split with the
+same metric and threshold rules as the CompressionEvaluator
+(:class:`components.common.thresholds.GateThresholds`) against the baseline's value on
+the same split. The search stops at the first step that fails and returns the last
+step that passed, the very model object that was evaluated. If even the first step
+fails, it raises :class:`SearchError` with that step's figures and emits nothing.
+
+Works for every structure: 'unstructured' (tfmot polynomial ramp from the previous
+step's sparsity), 'M:N' (the sparsities map to blocks m:N, m = round(s * N)), and
+'channels' (each step removes more channels, counted against the original widths).
+
+Example:
+
+    gate = GateThresholds(metric="accuracy", max_drop=0.005)
+    result = search_sparsity(model, train_ds, eval_ds, config, gate, loss=loss)
+    result.chosen.sparsity, [s.metric for s in result.steps]
+"""
+
+import dataclasses
+import hashlib
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from components.common import metrics as metrics_lib
+from components.common import model_stats
+from components.common import thresholds as thresholds_lib
+from components.pruner import config as config_lib
+from components.pruner import pruning
+
+SEARCH_FILENAME = "pruning_search.json"
+
+
+class SearchError(ValueError):
+  """Even the first step of the search failed the gate: there is no model to emit."""
+
+
+@dataclasses.dataclass
+class SearchStep:
+  """One step of the search: what was tried and how it measured."""
+  index: int
+  sparsity: float
+  structure: str
+  metric_name: str
+  metric: float
+  passed: bool
+  checks: List[Dict[str, Any]]
+  param_count: int
+  nonzero_params: int
+  gzip_bytes: int
+  train_steps: int
+  seconds: float
+  weights_sha256: str
+  metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
+
+  def to_dict(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class SearchResult:
+  """The search's outcome: every step, the chosen one, and its model."""
+  steps: List[SearchStep]
+  chosen: SearchStep
+  baseline_metric: float
+  baseline_metrics: Dict[str, float]
+  gate: thresholds_lib.GateThresholds
+  prune_result: pruning.PruneResult
+
+  @property
+  def model(self):
+    return self.prune_result.model
+
+  def to_dict(self) -> Dict[str, Any]:
+    """The curve as written to ``pruning_search.json``."""
+    return {
+        "metric_name": self.gate.metric,
+        "baseline_metric": self.baseline_metric,
+        "baseline_metrics": self.baseline_metrics,
+        "thresholds": self.gate.to_dict(),
+        "structure": self.chosen.structure,
+        "chosen_sparsity": self.chosen.sparsity,
+        "chosen_index": self.chosen.index,
+        "steps_tried": len(self.steps),
+        "steps": [s.to_dict() for s in self.steps],
+    }
+
+  def properties(self) -> Dict[str, Any]:
+    """Custom properties for the output Model, on top of the chosen model's."""
+    props = self.prune_result.properties()
+    props.update(
+        search_chosen_sparsity=self.chosen.sparsity,
+        search_steps_tried=len(self.steps),
+        search_metric=self.gate.metric,
+        search_baseline_metric=self.baseline_metric,
+        search_chosen_metric=self.chosen.metric,
+        search_sparsities_tried=",".join(f"{s.sparsity:g}" for s in self.steps),
+        search_metrics=",".join(f"{s.metric:.6f}" for s in self.steps),
+    )
+    return props
+
+
+def model_metrics(model, dataset: tf.data.Dataset, top_k: int = 5
+                  ) -> Tuple[Dict[str, float], int]:
+  """Every gate metric of ``model`` over a finite dataset, as the evaluator computes it.
+
+  Returns:
+    (metric name -> value, number of non-finite predictions).
+  """
+  total = None
+  for features, labels in dataset:
+    outputs = model(features, training=False)
+    if isinstance(outputs, dict):
+      outputs = next(iter(outputs.values()))
+    stats = metrics_lib.batch_stats(np.asarray(outputs), np.asarray(labels),
+                                    top_k=top_k)
+    total = stats if total is None else total.merge(stats)
+  if total is None:
+    raise SearchError("The eval split gave no example to evaluate the search "
+                      "on; check `eval_split`.")
+  return metrics_lib.metrics_from_stats(total), total.nonfinite
+
+
+def weights_digest(model) -> str:
+  """SHA-256 of every weight's bytes in order: equal digests, equal models."""
+  h = hashlib.sha256()
+  for w in model.get_weights():
+    h.update(np.ascontiguousarray(w).tobytes())
+  return h.hexdigest()
+
+
+def stage_sparsities(config: config_lib.PrunerConfig) -> List[float]:
+  """The sparsities to try, as the structure can reach them."""
+  m_by_n = config.m_by_n
+  if not m_by_n:
+    return list(config.search_sparsities)
+  n = m_by_n[1]
+  out = []
+  for s in config.search_sparsities:
+    m = min(n - 1, max(1, int(round(s * n))))
+    if not out or m / n > out[-1]:
+      out.append(m / n)
+  return out
+
+
+def search_sparsity(model, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset,
+                    config: config_lib.PrunerConfig,
+                    gate: thresholds_lib.GateThresholds, *, loss,
+                    log_dir: Optional[str] = None,
+                    stage_fn: Optional[Callable[..., Any]] = None) -> SearchResult:
+  """Prunes step by step while the gate holds; returns the last passing step.
+
+  Args:
+    model: the trained tf_keras model; never modified.
+    train_ds: (features, label) batches for fine-tuning (repeated as needed).
+    eval_ds: finite (features, label) batches: the whole eval split.
+    config: the Pruner's parameters (``search_sparsities``, ``search_steps``,
+      structure, schedule, learning rate, seed, layer selection).
+    gate: the thresholds each step must pass.
+    loss: the fine-tuning loss.
+    log_dir: TensorBoard directory; the curve is written under ``search/``.
+    stage_fn: replaces one step's pruning (tests); called like :func:`_stage`.
+
+  Returns:
+    A :class:`SearchResult`; ``result.model`` is the chosen step's model.
+
+  Raises:
+    SearchError: the first step already fails the gate.
+  """
+  pruning.check_supported(model)
+  stage_fn = stage_fn or _stage
+  with pruning.deterministic(config.seed):
+    current = pruning.clone_model(model)
+    layers = pruning.select_layers(current, config.include_layers,
+                                   config.exclude_layers, config.m_by_n)
+    baseline_metrics, _ = model_metrics(current, eval_ds)
+    baseline_gzip = model_stats.weights_gzip_bytes(current.get_weights())
+  baseline = baseline_metrics[gate.metric]
+  logging.info("Search: baseline %s = %.4f; trying sparsities %s with %s.",
+               gate.metric, baseline, stage_sparsities(config), gate)
+  writer = tf.summary.create_file_writer(f"{log_dir}/search") if log_dir else None
+
+  steps: List[SearchStep] = []
+  chosen: Optional[Tuple[SearchStep, pruning.PruneResult]] = None
+  state: Dict[str, Any] = {"previous": config.initial_sparsity, "info": {}}
+  for index, sparsity in enumerate(stage_sparsities(config)):
+    start = time.perf_counter()
+    stage_result = stage_fn(current, train_ds, config, sparsity, state,
+                            loss=loss, layers=layers, index=index,
+                            eval_ds=eval_ds)
+    candidate = stage_result.model
+    with pruning.deterministic(config.seed):
+      metrics, nonfinite = model_metrics(candidate, eval_ds)
+    checks = gate.check_quality(baseline, metrics[gate.metric])
+    passed = nonfinite == 0 and all(c.passed for c in checks)
+    whole = model_stats.sparsity_stats(candidate)
+    step = SearchStep(
+        index=index, sparsity=float(sparsity), structure=config.sparsity_structure,
+        metric_name=gate.metric, metric=float(metrics[gate.metric]),
+        passed=passed, checks=[c.to_dict() for c in checks],
+        param_count=whole["param_count"],
+        nonzero_params=whole["param_count"] - whole["zero_count"],
+        gzip_bytes=model_stats.weights_gzip_bytes(candidate.get_weights()),
+        train_steps=config.stage_steps(),
+        seconds=time.perf_counter() - start,
+        weights_sha256=weights_digest(candidate),
+        metrics={k: float(v) for k, v in metrics.items()})
+    steps.append(step)
+    logging.info("Search step %d: sparsity %.3f -> %s %.4f (baseline %.4f): %s.",
+                 index, sparsity, gate.metric, step.metric, baseline,
+                 "passed" if passed else "FAILED")
+    if writer:
+      with writer.as_default():
+        tf.summary.scalar("search/sparsity", step.sparsity, step=index)
+        tf.summary.scalar(f"search/{gate.metric}", step.metric, step=index)
+        tf.summary.scalar("search/nonzero_params", step.nonzero_params, step=index)
+        tf.summary.scalar("search/gzip_bytes", step.gzip_bytes, step=index)
+        tf.summary.scalar("search/passed", int(passed), step=index)
+      writer.flush()
+    if not passed:
+      break
+    chosen = (step, stage_result)
+    current = candidate
+    state["previous"] = sparsity
+  if writer:
+    writer.close()
+
+  if chosen is None:
+    first = steps[0]
+    reasons = [c["description"] + f" is {c['value']:.4g}, limit "
+               f"{c['comparison']} {c['limit']:g}" for c in first.checks
+               if not c["passed"]] or ["non-finite predictions"]
+    raise SearchError(
+        f"The pruning search's first step already fails the gate: at sparsity "
+        f"{first.sparsity:g} the {gate.metric} is {first.metric:.4f} against the "
+        f"baseline's {baseline:.4f} ({'; '.join(reasons)}). No model was "
+        "emitted. Start `search_sparsities` lower (e.g. 0.3), give each step "
+        "more fine-tuning (`search_steps`), or loosen the thresholds.")
+  step, stage_result = chosen
+  logging.info("Search chose sparsity %.3f (%s %.4f) after %d step(s).",
+               step.sparsity, gate.metric, step.metric, len(steps))
+  stage_result.metrics = dict(step.metrics)
+  stage_result.stats["baseline_gzip_weight_bytes"] = baseline_gzip
+  stage_result.baseline_metrics = {k: float(v) for k, v in baseline_metrics.items()}
+  return SearchResult(steps=steps, chosen=step, baseline_metric=float(baseline),
+                      baseline_metrics=stage_result.baseline_metrics, gate=gate,
+                      prune_result=stage_result)
+
+
+def _stage(current, train_ds, config: config_lib.PrunerConfig, sparsity: float,
+           state: Dict[str, Any], *, loss, layers: Sequence[str], index: int,
+           eval_ds=None) -> pruning.PruneResult:
+  """One step: prune ``current`` (the previous step's model) on to ``sparsity``."""
+  steps = config.stage_steps()
+  seed = config.seed + index
+  if config.sparsity_structure == config_lib.CHANNELS:
+    from components.pruner import channels  # pylint: disable=g-import-not-at-top
+    begin, end, freq = config_lib.resolve_schedule(steps, 0, None, None)
+    result = channels.prune_channels(
+        current, train_ds, target_sparsity=sparsity,
+        ranking=config.channel_ranking, norm=config.channel_norm,
+        layer_filter=pruning.layer_filter(config.include_layers,
+                                          config.exclude_layers),
+        explicit_layers=[p for p in config.include_layers
+                         if not any(c in p for c in "*?[")],
+        train_steps=steps, finetune_steps=config.finetune_steps,
+        begin_step=begin, end_step=end, frequency=freq,
+        learning_rate=config.learning_rate, loss=loss, seed=seed,
+        original_channels=state["info"].get("channels_before"))
+    info = dict(result.info)
+    if state["info"].get("channels_before"):
+      info["channels_before"] = state["info"]["channels_before"]
+      if "params_before" in state["info"]:
+        info["params_before"] = state["info"]["params_before"]
+        info["macs_before"] = state["info"].get("macs_before")
+    state["info"] = info
+    whole = model_stats.sparsity_stats(result.model)
+    before, after = info.get("params_before"), info.get("params_after")
+    stats = {
+        "sparsity": float(info.get("channel_sparsity", sparsity)),
+        "param_reduction": 1.0 - after / before if before and after else 0.0,
+        "param_count": whole["param_count"],
+        "zero_count": whole["zero_count"],
+        "gzip_weight_bytes": model_stats.weights_gzip_bytes(
+            result.model.get_weights()),
+    }
+    return pruning.PruneResult(
+        model=result.model, structure=config.sparsity_structure,
+        pruned_layers=list(info.get("channels_kept", {})), stats=stats,
+        metrics={}, baseline_metrics={}, info=info, target_sparsity=sparsity)
+
+  m_by_n = config.m_by_n
+  if m_by_n:
+    block = (int(round(sparsity * m_by_n[1])), m_by_n[1])
+    pruned = pruning.prune_to(
+        current, train_ds, target_sparsity=sparsity, steps=steps, loss=loss,
+        layers=layers, m_by_n=block, learning_rate=config.learning_rate,
+        seed=seed)
+    structure = f"{block[0]}:{block[1]}"
+  else:
+    begin, end, freq = config_lib.resolve_schedule(steps, 0, None, None)
+    pruned = pruning.prune_to(
+        current, train_ds, target_sparsity=sparsity,
+        initial_sparsity=state["previous"], schedule=config.schedule,
+        steps=steps, loss=loss, layers=layers, begin_step=begin, end_step=end,
+        frequency=freq, learning_rate=config.learning_rate, seed=seed)
+    structure = config.sparsity_structure
+  stats = pruning.pruning_stats(pruned, layers)
+  return pruning.PruneResult(
+      model=pruned, structure=structure, pruned_layers=list(layers),
+      stats=stats, metrics={}, baseline_metrics={}, info={},
+      target_sparsity=sparsity)
