@@ -1,5 +1,6 @@
 """Reads a finished run back from ML Metadata and prints what a user cares about."""
 
+import json
 import os
 from typing import Any, Dict, List, Optional
 
@@ -36,11 +37,13 @@ def latest_run(store, pipeline_name: str) -> Dict[str, str]:
   if not runs:
     return {}
   run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+  node_type = store.get_context_type("node").id
   states = {}
   for e in store.get_executions_by_context(run.id):
-    node = e.properties.get("component_id") or e.custom_properties.get(
-        "component_id")
-    name = node.string_value if node else str(e.type_id)
+    nodes = [c.name for c in store.get_contexts_by_execution(e.id)
+             if c.type_id == node_type]
+    # Node contexts are named "<pipeline>.<node id>".
+    name = nodes[0].split(".", 1)[-1] if nodes else str(e.type_id)
     states[name] = _STATES.get(e.last_known_state, str(e.last_known_state))
   return states
 
@@ -73,6 +76,12 @@ def collect(metadata_path: str, pipeline_name: str,
     art = latest_artifact(store, pipeline_name, node, type_name)
     out[key] = None if art is None else {"uri": art.uri, **_props(art)}
   out["serving_model_dir"] = serving_model_dir
+  out["report"] = None
+  if out["evaluation"]:
+    path = os.path.join(out["evaluation"]["uri"], "report.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        out["report"] = json.load(f)
   return out
 
 
@@ -91,22 +100,32 @@ def render(info: Dict[str, Any]) -> str:
   lines: List[str] = []
   ev = info.get("evaluation") or {}
   bl = info.get("blessing") or {}
+  report = info.get("report") or {}
+  sizes = report.get("sizes") or {}
+  latency = report.get("latency") or {}
   metric = ev.get("metric") or bl.get("metric") or "accuracy"
   blessed = bl.get("blessed")
+  gate = "-" if blessed is None else ("BLESSED" if blessed == 1 else "NOT BLESSED")
   rows = [
       ("baseline (Trainer)", ev.get(f"baseline_{metric}"),
-       ev.get("baseline_bytes"), ev.get("baseline_gzip_bytes"),
-       (info.get("baseline") or {}).get("sparsity", 0.0), "-"),
-      ("compressed", ev.get(f"candidate_{metric}"), ev.get("candidate_bytes"),
-       ev.get("candidate_gzip_bytes"), ev.get("sparsity"),
-       "-" if blessed is None else ("BLESSED" if blessed == 1 else "NOT BLESSED")),
+       sizes.get("baseline_bytes"), sizes.get("baseline_gzip_bytes"),
+       latency.get("baseline_us") or _us(latency.get("baseline_seconds")),
+       0.0, "-"),
+      ("compressed", ev.get(f"candidate_{metric}"), sizes.get("candidate_bytes"),
+       sizes.get("candidate_gzip_bytes"),
+       latency.get("candidate_us") or _us(latency.get("candidate_seconds")),
+       ev.get("sparsity"), gate),
   ]
-  header = f"{'model':<20} {metric:>10} {'bytes':>12} {'gzip bytes':>12} {'sparsity':>9}  gate"
+  header = (f"{'model':<20} {metric:>9} {'bytes':>11} {'gzip bytes':>11} "
+            f"{'latency us':>10} {'sparsity':>9}  gate")
   lines.append(header)
   lines.append("-" * len(header))
-  for name, m, b, g, s, gate in rows:
-    lines.append(f"{name:<20} {_fmt(m):>10} {_fmt(b, 'bytes'):>12} "
-                 f"{_fmt(g, 'bytes'):>12} {_fmt(s, 'pct'):>9}  {gate}")
+  for name, m, b, g, lat, s, g8 in rows:
+    lat_text = "-" if lat is None else f"{float(lat):.1f}"
+    lines.append(f"{name:<20} {_fmt(m):>9} {_fmt(b, 'bytes'):>11} "
+                 f"{_fmt(g, 'bytes'):>11} {lat_text:>10} {_fmt(s, 'pct'):>9}  {g8}")
+  if sizes.get("representation"):
+    lines.append(f"(sizes and latency: {sizes['representation']})")
   if ev.get("reason") or bl.get("reason"):
     lines.append("")
     lines.append(str(ev.get("reason") or bl.get("reason")))
@@ -124,3 +143,7 @@ def render(info: Dict[str, Any]) -> str:
     lines.append("steps this run:     " + ", ".join(
         f"{k}={v.lower()}" for k, v in sorted(states.items())))
   return "\n".join(lines)
+
+
+def _us(seconds):
+  return None if seconds is None else float(seconds) * 1e6
