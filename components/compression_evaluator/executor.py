@@ -2,8 +2,11 @@
 
 The blessing is written the way TFX's Evaluator writes it (an empty BLESSED or
 NOT_BLESSED file in the artifact's directory, the custom property ``blessed``
-1/0, ``current_model``/``current_model_id`` and ``baseline_model``/
-``baseline_model_id``), so the stock Pusher honours it. It is written last,
+1/0, ``candidate_model``/``candidate_model_id`` and ``baseline_model``/
+``baseline_model_id``), so the stock Pusher honours it. It deliberately has no
+``current_model_id``: that is what TFX's LatestBlessedModelStrategy resolves, and a
+user's resolver for the stock Evaluator's baseline must never pick a compressed
+model. It is written last,
 after the report, so an error anywhere leaves no blessing at all.
 """
 
@@ -157,7 +160,12 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     with tf.io.gfile.GFile(os.path.join(blessing.uri, name), "w") as f:
       f.write("")
     blessing.set_int_custom_property(BLESSED_PROPERTY, int(blessed))
-    blessing.set_string_custom_property("current_model", candidate.uri)
-    blessing.set_int_custom_property("current_model_id", candidate.id or 0)
+    # Not `current_model_id`: TFX's LatestBlessedModelStrategy keys on it, and
+    # a user's resolver for the stock Evaluator's baseline (a Channel of every
+    # Model in the pipeline) would then pick the compressed model, maybe a
+    # TFLite file the stock Evaluator cannot load. The stock Pusher needs only
+    # `blessed`.
+    blessing.set_string_custom_property("candidate_model", candidate.uri)
+    blessing.set_int_custom_property("candidate_model_id", candidate.id or 0)
     blessing.set_string_custom_property("baseline_model", baseline.uri)
     blessing.set_int_custom_property("baseline_model_id", baseline.id or 0)

@@ -227,7 +227,18 @@ def check_supported(model) -> None:
 def clone_model(model):
   """A copy with the same weights (new layer objects and variables)."""
   check_supported(model)
-  clone = tf_keras.models.clone_model(model)
+  try:
+    clone = tf_keras.models.clone_model(model)
+  except NotImplementedError:
+    # A layer tracked outside the graph and revived without a config (TFX's
+    # `model.tft_layer` when the Trainer used Transform) stops Keras' cloning,
+    # which serializes every tracked layer. Rebuild the graph from its nodes
+    # instead: new layers, the same weights, the attached layer left out.
+    from components.pruner import channels  # pylint: disable=g-import-not-at-top
+    clone = channels.rebuild_narrow(channels.analyze(model), {})
+    logging.info("Cloned %s from its graph (a layer outside the graph has no "
+                 "config).", model.name)
+    return clone
   clone.set_weights(model.get_weights())
   return clone
 

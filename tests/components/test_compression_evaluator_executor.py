@@ -139,7 +139,9 @@ class TestBlessing:
         schema_artifact, latency_samples=20, min_compression_ratio=0.99)
     assert os.listdir(blessing.uri) == ["BLESSED"]
     assert blessing.get_int_custom_property("blessed") == 1
-    assert blessing.get_string_custom_property("current_model") == model_artifact.uri
+    assert blessing.get_string_custom_property("candidate_model") == model_artifact.uri
+    # Invisible to LatestBlessedModelStrategy (it resolves current_model_id).
+    assert not blessing.has_custom_property("current_model_id")
     assert report["blessed"] and report["verdict"].startswith("BLESSED")
     # The whole eval split, and the accuracy Keras itself computes on it.
     assert report["examples"]["count"] == 599

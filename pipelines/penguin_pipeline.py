@@ -1,0 +1,159 @@
+"""TFX's penguin pipeline (Transform, Keras Trainer, stock Evaluator) plus compression.
+
+The production pipeline a user already has: ExampleGen -> StatisticsGen -> SchemaGen
+-> Transform -> Trainer -> stock Evaluator (TFMA thresholds against the latest
+blessed model) -> Pusher. Compression is appended with :func:`add_compression`, whose
+Pusher pushes the compressed model only when the stock Evaluator blessed the Trainer's
+model AND the CompressionEvaluator blessed the compressed one.
+
+    python -m pipelines.penguin_pipeline --output-dir outputs/penguin
+"""
+
+import argparse
+import os
+import sys
+from typing import Any, Dict, List, Optional
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import components  # noqa: E402  (Keras 2 before TensorFlow)
+from pipelines.compression import add_compression  # noqa: E402
+import tensorflow_model_analysis as tfma  # noqa: E402
+from tfx import v1 as tfx  # noqa: E402
+
+MODULE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           "penguin_trainer.py")
+LABEL_KEY = "species"
+
+
+def create_pipeline(
+    pipeline_name: str,
+    pipeline_root: str,
+    data_root: str,
+    serving_model_dir: str,
+    compressed_serving_model_dir: str,
+    metadata_path: Optional[str] = None,
+    module_file: str = MODULE_FILE,
+    train_steps: int = 100,
+    eval_steps: int = 5,
+    accuracy_threshold: float = 0.6,
+    sparsity_structure: Optional[str] = "unstructured",
+    target_sparsity: float = 0.5,
+    quantization: Optional[str] = "dynamic",
+    max_drop: float = 0.05,
+    compression_kwargs: Optional[Dict[str, Any]] = None,
+    enable_cache: bool = True,
+    beam_pipeline_args: Optional[List[str]] = None,
+) -> tfx.dsl.Pipeline:
+  """TFX's penguin pipeline with compression appended by the helper."""
+  example_gen = tfx.components.CsvExampleGen(input_base=data_root)
+  statistics_gen = tfx.components.StatisticsGen(
+      examples=example_gen.outputs["examples"])
+  schema_gen = tfx.components.SchemaGen(
+      statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+  transform = tfx.components.Transform(
+      examples=example_gen.outputs["examples"],
+      schema=schema_gen.outputs["schema"], module_file=module_file)
+  trainer = tfx.components.Trainer(
+      module_file=module_file,
+      examples=transform.outputs["transformed_examples"],
+      transform_graph=transform.outputs["transform_graph"],
+      schema=schema_gen.outputs["schema"],
+      train_args=tfx.proto.TrainArgs(num_steps=train_steps),
+      eval_args=tfx.proto.EvalArgs(num_steps=eval_steps))
+  model_resolver = tfx.dsl.Resolver(
+      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+      model_blessing=tfx.dsl.Channel(
+          type=tfx.types.standard_artifacts.ModelBlessing)).with_id(
+              "latest_blessed_model_resolver")
+  eval_config = tfma.EvalConfig(
+      model_specs=[tfma.ModelSpec(
+          signature_name="serving_default", label_key="species_xf",
+          preprocessing_function_names=["transform_features"])],
+      slicing_specs=[tfma.SlicingSpec()],
+      metrics_specs=[tfma.MetricsSpec(metrics=[tfma.MetricConfig(
+          class_name="SparseCategoricalAccuracy",
+          threshold=tfma.MetricThreshold(
+              value_threshold=tfma.GenericValueThreshold(
+                  lower_bound={"value": accuracy_threshold}),
+              change_threshold=tfma.GenericChangeThreshold(
+                  direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                  absolute={"value": -1e-10})))])])
+  evaluator = tfx.components.Evaluator(
+      examples=example_gen.outputs["examples"],
+      model=trainer.outputs["model"],
+      baseline_model=model_resolver.outputs["model"],
+      eval_config=eval_config)
+  pusher = tfx.components.Pusher(
+      model=trainer.outputs["model"],
+      model_blessing=evaluator.outputs["blessing"],
+      push_destination=tfx.proto.PushDestination(
+          filesystem=tfx.proto.PushDestination.Filesystem(
+              base_directory=serving_model_dir)))
+  user_components = [example_gen, statistics_gen, schema_gen, transform, trainer,
+                     model_resolver, evaluator, pusher]
+
+  # The few lines a user adds to their own pipeline:
+  compression = add_compression(
+      model=trainer.outputs["model"],
+      examples=example_gen.outputs["examples"],
+      schema=schema_gen.outputs["schema"],
+      transform_graph=transform.outputs["transform_graph"],
+      baseline_blessing=evaluator.outputs["blessing"],
+      label_key=LABEL_KEY,
+      push_destination=compressed_serving_model_dir,
+      sparsity_structure=sparsity_structure,
+      target_sparsity=target_sparsity,
+      quantization=quantization,
+      max_drop=max_drop,
+      existing_components=user_components,
+      **(compression_kwargs or {}))
+
+  return tfx.dsl.Pipeline(
+      pipeline_name=pipeline_name,
+      pipeline_root=pipeline_root,
+      components=user_components + compression.components,
+      enable_cache=enable_cache,
+      metadata_connection_config=(
+          tfx.orchestration.metadata.sqlite_metadata_connection_config(
+              metadata_path) if metadata_path else None),
+      beam_pipeline_args=beam_pipeline_args or ["--direct_running_mode=in_memory",
+                                                "--direct_num_workers=1"])
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m pipelines.penguin_pipeline",
+      description="TFX's penguin pipeline with compression appended, run locally.")
+  parser.add_argument("--output-dir", default="outputs/penguin")
+  parser.add_argument("--train-steps", type=int, default=100)
+  parser.add_argument("--accuracy-threshold", type=float, default=0.6,
+                      help="the stock Evaluator's TFMA lower bound on accuracy")
+  parser.add_argument("--max-drop", type=float, default=0.05,
+                      help="the CompressionEvaluator's allowed accuracy drop")
+  parser.add_argument("--quantization", default="dynamic")
+  args = parser.parse_args(argv)
+  from pipelines import penguin_data  # pylint: disable=g-import-not-at-top
+  out = os.path.abspath(args.output_dir)
+  data = penguin_data.ensure_penguins_csv(os.path.join(out, "data"))
+  pipe = create_pipeline(
+      pipeline_name="penguin_compression",
+      pipeline_root=os.path.join(out, "pipeline_root"),
+      data_root=data,
+      serving_model_dir=os.path.join(out, "serving_model"),
+      compressed_serving_model_dir=os.path.join(out, "serving_model_compressed"),
+      metadata_path=os.path.join(out, "metadata.sqlite"),
+      train_steps=args.train_steps,
+      accuracy_threshold=args.accuracy_threshold,
+      max_drop=args.max_drop,
+      quantization=args.quantization)
+  tfx.orchestration.LocalDagRunner().run(pipe)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
