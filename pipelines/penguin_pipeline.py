@@ -27,6 +27,7 @@ from tfx import v1 as tfx  # noqa: E402
 MODULE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            "penguin_trainer.py")
 LABEL_KEY = "species"
+TRAINER_MODULE = "pipelines.penguin_trainer"
 
 
 def create_pipeline(
@@ -47,8 +48,18 @@ def create_pipeline(
     compression_kwargs: Optional[Dict[str, Any]] = None,
     enable_cache: bool = True,
     beam_pipeline_args: Optional[List[str]] = None,
+    from_installed_package: bool = False,
 ) -> tfx.dsl.Pipeline:
-  """TFX's penguin pipeline with compression appended by the helper."""
+  """TFX's penguin pipeline with compression appended by the helper.
+
+  ``from_installed_package`` names the Transform's and Trainer's functions by
+  their import path in the installed package (``pipelines.penguin_trainer``), as
+  a Kubeflow image has them, instead of a module file packaged at compile time.
+  """
+  code = (dict(preprocessing_fn=f"{TRAINER_MODULE}.preprocessing_fn")
+          if from_installed_package else dict(module_file=module_file))
+  run = (dict(run_fn=f"{TRAINER_MODULE}.run_fn") if from_installed_package
+         else dict(module_file=module_file))
   example_gen = tfx.components.CsvExampleGen(input_base=data_root)
   statistics_gen = tfx.components.StatisticsGen(
       examples=example_gen.outputs["examples"])
@@ -56,9 +67,9 @@ def create_pipeline(
       statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
   transform = tfx.components.Transform(
       examples=example_gen.outputs["examples"],
-      schema=schema_gen.outputs["schema"], module_file=module_file)
+      schema=schema_gen.outputs["schema"], **code)
   trainer = tfx.components.Trainer(
-      module_file=module_file,
+      **run,
       examples=transform.outputs["transformed_examples"],
       transform_graph=transform.outputs["transform_graph"],
       schema=schema_gen.outputs["schema"],
@@ -125,6 +136,25 @@ def create_pipeline(
                                                 "--direct_num_workers=1"])
 
 
+def compile_for_kubeflow(image: str, pipeline_root: str, data_root: str,
+                         output_path: str) -> str:
+  """Writes the penguin pipeline's Kubeflow V2 PipelineJob JSON; returns its path."""
+  from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner  # pylint: disable=g-import-not-at-top
+  root = pipeline_root.rstrip("/")
+  pipe = create_pipeline(
+      pipeline_name="penguin-compression", pipeline_root=pipeline_root,
+      data_root=data_root, serving_model_dir=f"{root}/serving_model",
+      compressed_serving_model_dir=f"{root}/serving_model_compressed",
+      from_installed_package=True)
+  runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
+      config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
+          default_image=image),
+      output_dir=os.path.dirname(os.path.abspath(output_path)),
+      output_filename=os.path.basename(output_path))
+  runner.run(pipe)
+  return output_path
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m pipelines.penguin_pipeline",
@@ -136,7 +166,26 @@ def main(argv=None) -> int:
   parser.add_argument("--max-drop", type=float, default=0.05,
                       help="the CompressionEvaluator's allowed accuracy drop")
   parser.add_argument("--quantization", default="dynamic")
+  parser.add_argument("--kubeflow-image", default=None,
+                      help="compile for Kubeflow with this image instead of "
+                           "running locally (needs --pipeline-root, --data-root)")
+  parser.add_argument("--pipeline-root", default=None)
+  parser.add_argument("--data-root", default=None)
   args = parser.parse_args(argv)
+  if args.kubeflow_image:
+    from pipelines import kubeflow_runner  # pylint: disable=g-import-not-at-top
+    try:
+      image = kubeflow_runner.check_image(args.kubeflow_image)
+      if not args.pipeline_root or not args.data_root:
+        raise ValueError("--pipeline-root and --data-root are required with "
+                         "--kubeflow-image.")
+    except (ValueError, kubeflow_runner.UsageError) as e:
+      parser.exit(2, f"error: {e}\n")
+    path = compile_for_kubeflow(
+        image, args.pipeline_root, args.data_root,
+        os.path.join(os.path.abspath(args.output_dir), "penguin-compression.json"))
+    print(path)
+    return 0
   from pipelines import penguin_data  # pylint: disable=g-import-not-at-top
   out = os.path.abspath(args.output_dir)
   data = penguin_data.ensure_penguins_csv(os.path.join(out, "data"))

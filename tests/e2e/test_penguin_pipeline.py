@@ -72,3 +72,31 @@ def test_stock_evaluator_refusal_blocks_the_compressed_push(first, out):
   pushed = artifact(out, "CompressedModelPusher", "PushedModel")
   assert pushed["pushed"] == 0
   assert sorted(os.listdir(out / "serving_model_compressed")) == before
+
+
+def test_compiles_for_kubeflow(tmp_path):
+  """The same penguin pipeline compiles for Kubeflow V2 with our components in it."""
+  proc = subprocess.run(
+      [sys.executable, "-m", "pipelines.penguin_pipeline", "--output-dir",
+       str(tmp_path), "--kubeflow-image", "gcr.io/p/tfx-compression:0.1.0",
+       "--pipeline-root", "gs://bucket/root", "--data-root", "gs://bucket/penguin"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  path = proc.stdout.strip().splitlines()[-1]
+  with open(path) as f:
+    job = json.load(f)
+  from google.protobuf import json_format
+  from kfp.pipeline_spec import pipeline_spec_pb2
+  spec = json_format.ParseDict(job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
+  executors = json.dumps(job["pipelineSpec"]["deploymentSpec"])
+  for name in ["components.pruner.executor.Executor",
+               "components.quantizer.executor.Executor",
+               "components.compression_evaluator.executor.Executor",
+               "tfx.components.evaluator.executor.Executor"]:
+    assert name in executors, name
+  images = {e["container"]["image"] for e in
+            job["pipelineSpec"]["deploymentSpec"]["executors"].values()
+            if "container" in e}
+  assert images == {"gcr.io/p/tfx-compression:0.1.0"}
+  assert "pipelines.penguin_trainer.run_fn" in json.dumps(job)
+  assert spec.root.dag.tasks  # parsed back with kfp's own proto
