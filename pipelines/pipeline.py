@@ -101,7 +101,9 @@ def create_pipeline(
       train_steps=prune_steps,
   )
   if search_sparsities:
-    pruner_args.update(search_sparsities=search_sparsities, max_drop=max_drop)
+    # The search gates each step with the same thresholds as the final gate.
+    pruner_args.update(search_sparsities=search_sparsities, max_drop=max_drop,
+                       min_value=min_value)
   pruner_args.update(pruner_kwargs or {})
   pruner = Pruner(**pruner_args)
   components_list = [example_gen, statistics_gen, schema_gen, trainer, pruner]

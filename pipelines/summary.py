@@ -50,11 +50,19 @@ def latest_run(store, pipeline_name: str) -> Dict[str, str]:
 
 def latest_artifact(store, pipeline_name: str, node_id: str,
                     type_name: str) -> Optional[Any]:
+  """The newest live artifact of ``type_name`` that node ``node_id`` output.
+
+  Inputs are attributed to a node's context too, so outputs are told apart by
+  their events.
+  """
   ctx = store.get_context_by_type_and_name("node", f"{pipeline_name}.{node_id}")
   if ctx is None:
     return None
+  executions = [e.id for e in store.get_executions_by_context(ctx.id)]
+  outputs = {ev.artifact_id for ev in store.get_events_by_execution_ids(executions)
+             if ev.type == metadata_store_pb2.Event.OUTPUT}
   types = {t.id: t.name for t in store.get_artifact_types()}
-  arts = [a for a in store.get_artifacts_by_context(ctx.id)
+  arts = [a for a in store.get_artifacts_by_id(list(outputs))
           if types.get(a.type_id) == type_name and
           a.state == metadata_store_pb2.Artifact.LIVE]
   return max(arts, key=lambda a: a.id) if arts else None
