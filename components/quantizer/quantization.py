@@ -294,7 +294,9 @@ def _serving_function(model, input_specs=None, output_names=None):
   names = list(output_names or _output_names(model))
   takes_dict = isinstance(getattr(model, "input", None), dict)
 
-  @tf.function(input_signature=[signature])
+  # autograph=False: converting the Keras call graph costs ~10 s on the first
+  # trace in a process and changes nothing for a Keras model's call.
+  @tf.function(input_signature=[signature], autograph=False)
   def serve(features):
     if takes_dict:
       inputs = features
@@ -385,12 +387,31 @@ def _quantization_aware_model(model, config: QuantizerConfig, train_data,
   history = qat_model.fit(train_data, steps_per_epoch=config.qat_steps,
                           epochs=1, verbose=0)
   losses = history.history.get("loss") or [float("nan")]
+  _check_finite_qat(qat_model, losses[-1], config)
   return qat_model, {
       "qat_scheme": "prune_preserve" if preserve else "default_8bit",
       "qat_loss": loss_name,
       "qat_final_loss": float(losses[-1]),
       "qat_annotated_layers": ",".join(annotated_layers),
   }
+
+
+def _check_finite_qat(qat_model, loss: float, config: QuantizerConfig) -> None:
+  """Raises if QAT left a NaN loss or weights: a NaN model is never converted.
+
+  A loss on clipped probabilities can stay finite while the weights went NaN,
+  so both are checked.
+  """
+  bad = [w.name for w in qat_model.weights if not np.isfinite(w.numpy()).all()]
+  if np.isfinite(loss) and not bad:
+    return
+  raise ValueError(
+      f"quantization='qat': the fine-tuning loss is {loss} and "
+      f"{len(bad)} weight(s) are NaN or infinite ({bad[:3]}) after "
+      f"`qat_steps`={config.qat_steps}; no model was written. Lower "
+      f"`learning_rate` (now {config.learning_rate:g}), check the train split "
+      "for NaN or infinite feature values, or use quantization='int8' (no "
+      "fine-tuning).")
 
 
 def _without_pruning_wrappers(model):
