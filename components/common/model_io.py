@@ -67,7 +67,8 @@ def load_keras_model(path: str, parameter: str = "model",
 
   Raises:
     ModelLoadError: the directory is missing, TFLite, not a Keras SavedModel,
-      or corrupt.
+      or corrupt; or it has custom layers whose classes ``custom_objects``
+      does not give (they are never guessed or rebuilt from the artifact).
   """
   import tf_keras  # pylint: disable=g-import-not-at-top
   kind = model_kind(path)
@@ -85,18 +86,24 @@ def load_keras_model(path: str, parameter: str = "model",
     raise ModelLoadError(
         f"`{parameter}` at {path} is a SavedModel without Keras metadata "
         "(written by tf.saved_model.save, or an Estimator), which cannot be "
-        "fine-tuned. In the Trainer module, save with "
+        "loaded as a Keras model to fine-tune, convert or measure. In the "
+        "Trainer module, save with "
         "model.save(serving_model_dir, save_format='tf', signatures=...) "
         "so the model stays loadable as Keras.")
   try:
-    model = tf_keras.models.load_model(path, custom_objects=custom_objects,
-                                       compile=False)
+    # Safe mode also for the SavedModel loader, which otherwise rebuilds a
+    # Lambda layer's Python lambda from bytecode stored in the artifact (code
+    # from the artifact would run). In safe mode such a layer is revived from
+    # its saved graph instead, and refused below.
+    with _safe_mode():
+      model = tf_keras.models.load_model(path, custom_objects=custom_objects,
+                                         compile=False)
   except (ValueError, TypeError, KeyError, OSError) as e:
     raise ModelLoadError(
         f"`{parameter}` at {path} could not be loaded as a tf_keras model: "
-        f"{type(e).__name__}: {e}. If it uses custom layers, pass them with "
-        "`custom_objects`; if the directory is damaged, re-run the step that "
-        "wrote it.") from e
+        f"{type(e).__name__}: {e}. If it uses custom layers, define "
+        "`custom_objects` in the component's `module_file`; if the directory "
+        "is damaged, re-run the step that wrote it.") from e
   except Exception as e:  # pylint: disable=broad-except
     # TensorFlow raises its own errors (e.g. DataLossError) for corrupt files.
     raise ModelLoadError(
@@ -105,7 +112,57 @@ def load_keras_model(path: str, parameter: str = "model",
   if not isinstance(model, tf_keras.Model):
     raise ModelLoadError(f"`{parameter}` at {path} loaded as "
                          f"{type(model).__name__}, not a tf_keras Model.")
+  _check_no_revived_layers(model, path, parameter)
   return model
+
+
+def _safe_mode():
+  """tf_keras's safe-mode scope (not exported publicly in tf_keras 2.16)."""
+  from tf_keras.src.saving import serialization_lib  # pylint: disable=g-import-not-at-top
+  return serialization_lib.SafeModeScope(True)
+
+
+def _revived_layers(model) -> list:
+  """Layers of the model's graph that Keras revived without their Python class.
+
+  A SavedModel layer whose class was not given (custom_objects) comes back as
+  a "revived" layer that replays the saved graph: it predicts, but clones into
+  a different layer (its constructor arguments and weights are lost), so
+  fine-tuning and conversion would silently change the model. Layers that are
+  only attributes of the model (e.g. TFX's ``model.tft_layer``, used by the
+  serving signature, not by the model's graph) have no inbound node and are
+  left alone.
+  """
+  from tf_keras.src.saving.legacy.saved_model import load as legacy_load  # pylint: disable=g-import-not-at-top
+  found = []
+  if isinstance(model, legacy_load.RevivedLayer):
+    found.append(model)
+  for layer in getattr(model, "layers", []):
+    if isinstance(layer, legacy_load.RevivedLayer) and layer._inbound_nodes:  # pylint: disable=protected-access
+      found.append(layer)
+    elif not isinstance(layer, legacy_load.RevivedLayer) and hasattr(
+        layer, "layers"):
+      found.extend(_revived_layers(layer))
+  return found
+
+
+def _check_no_revived_layers(model, path: str, parameter: str) -> None:
+  revived = _revived_layers(model)
+  if not revived:
+    return
+  names = [f"{l.name} ({type(l).__name__})" for l in revived]
+  classes = sorted({type(l).__name__ for l in revived})
+  example = ", ".join(f"'{c}': {c}" for c in classes)
+  lam = (" A Lambda layer holding a Python lambda is never rebuilt from the "
+         "artifact (that would run code stored in the model): in the Trainer, "
+         "replace the lambda by a named function or a layer class and list it "
+         "in custom_objects." if "Lambda" in classes else "")
+  raise ModelLoadError(
+      f"`{parameter}` at {path} has layers whose Python classes were not "
+      f"given: {names}. Loading never runs code from a model artifact, so "
+      "custom layers must be named by you: define "
+      f"`custom_objects = {{{example}}}` in a Python file and pass it as the "
+      f"component's `module_file`.{lam}")
 
 
 def serving_signatures(model) -> Dict[str, Any]:

@@ -151,7 +151,12 @@ def load_custom_objects(module_file: Optional[str]) -> Optional[Dict[str, Any]]:
     raise EvaluationError(f"`module_file`={module_file!r} is not a Python file "
                           "that can be imported.")
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except (ImportError, OSError) as e:
+    raise EvaluationError(f"`module_file`={module_file!r} could not be "
+                          f"imported: {e}. Give the path of a Python file "
+                          "the step can read.") from e
   objects = getattr(module, "custom_objects", None)
   if callable(objects):
     objects = objects()
@@ -250,7 +255,9 @@ class TFLitePredictor:
                                              num_threads=1)
     except (ValueError, RuntimeError) as e:
       raise model_io.ModelLoadError(
-          f"`{role}_model` at {path} is not a readable TFLite model: {e}") from e
+          f"`{role}_model` at {path} is not a readable TFLite model: {e}. "
+          "Re-run the step that wrote it (the Quantizer), or wire a model "
+          "the TFLite converter wrote.") from e
     it = self.interpreter
     it.allocate_tensors()
     main_inputs = {d["index"] for d in it.get_input_details()}

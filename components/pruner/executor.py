@@ -126,6 +126,12 @@ def _user_module(module_file: Optional[str]):
       found[name] = import_utils.import_func_from_source(module_file, name)
     except AttributeError:
       found[name] = None
+    except (ImportError, OSError) as e:
+      # TFX reports a missing file as "input_fn ... not found": say which
+      # parameter is wrong instead.
+      raise ValueError(f"`module_file`={module_file!r} could not be imported: "
+                       f"{e}. Give the path of a Python file the step can "
+                       "read.") from e
   if found["input_fn"] is None and found["custom_objects"] is None:
     raise ValueError(
         f"`module_file`={module_file!r} defines neither `input_fn` nor "
