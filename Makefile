@@ -40,5 +40,11 @@ kubeflow: $(STAMP)
 	@$(PY) -m pipelines.kubeflow_runner --image="$(IMAGE)" \
 	  --pipeline-root="$(PIPELINE_ROOT)" --data-root="$(DATA_ROOT)" $(ARGS)
 
+# Our pipeline against the hand-written tf_keras + tfmot workflow, side by side
+# (benchmarks/README.md): about 10 minutes on 2 cores. Prints one table and writes
+# benchmarks/results/benchmark.json. ARGS="--smoke" for the quick CI variant.
+benchmark: $(STAMP)
+	$(PY) -m benchmarks.run $(ARGS)
+
 clean:
 	rm -rf outputs .pytest_cache
