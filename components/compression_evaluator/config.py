@@ -17,6 +17,7 @@ Example:
 import dataclasses
 from typing import Any, Dict, Mapping, Optional
 
+from components.common import checks
 from components.common import thresholds as thresholds_lib
 
 # Inputs.
@@ -57,14 +58,6 @@ def _check_int(name: str, value: Any, low: int, high: int, hint: str) -> None:
     raise ValueError(f"`{name}`={value} is outside [{low}, {high}]. {hint}")
 
 
-def _check_str(name: str, value: Any, optional: bool = False) -> None:
-  if value is None and optional:
-    return
-  if not isinstance(value, str):
-    raise TypeError(f"`{name}` must be a string{' or None' if optional else ''}"
-                    f", got {type(value).__name__} {value!r}.")
-
-
 @dataclasses.dataclass(frozen=True)
 class EvaluatorConfig:
   """Everything the CompressionEvaluator needs besides models and data.
@@ -96,11 +89,11 @@ class EvaluatorConfig:
     if not isinstance(self.thresholds, thresholds_lib.GateThresholds):
       raise TypeError("`thresholds` must be a GateThresholds, got "
                       f"{type(self.thresholds).__name__}.")
-    _check_str("label_key", self.label_key)
+    checks.check_str("label_key", self.label_key)
     if not self.label_key.strip():
       raise ValueError("`label_key` is empty; name the label feature of the raw "
                        "Examples, e.g. 'label'.")
-    _check_str("eval_split", self.eval_split)
+    checks.check_str("eval_split", self.eval_split)
     if not self.eval_split.strip():
       raise ValueError("`eval_split` is empty; name the Examples split to "
                        "evaluate on, e.g. 'eval'.")
@@ -110,7 +103,7 @@ class EvaluatorConfig:
                "It is the number of examples timed per model (0 skips timing).")
     _check_int("top_k", self.top_k, 1, 1000,
                "It is the k of top_k_accuracy, e.g. 5.")
-    _check_str("compression_measure", self.compression_measure)
+    checks.check_str("compression_measure", self.compression_measure)
     measure = self.compression_measure.strip().lower()
     if measure not in COMPRESSION_MEASURES:
       raise ValueError(
@@ -118,7 +111,7 @@ class EvaluatorConfig:
           f"{COMPRESSION_MEASURES}: 'raw' compares bytes on disk, 'gzip' bytes "
           "after gzip.")
     object.__setattr__(self, "compression_measure", measure)
-    _check_str("module_file", self.module_file, optional=True)
+    checks.check_str("module_file", self.module_file, optional=True)
     if self.latency_samples == 0 and self.thresholds.max_latency_ratio is not None:
       raise ValueError(
           f"`max_latency_ratio`={self.thresholds.max_latency_ratio} needs the "

@@ -16,6 +16,7 @@ import math
 import re
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
+from components.common import checks
 from components.common import thresholds as thresholds_lib
 
 SCHEDULES = ("polynomial", "constant")
@@ -111,14 +112,6 @@ def _check_number(name: str, value: Any) -> float:
   if not math.isfinite(value):
     raise ValueError(f"`{name}`={value!r} must be a finite number.")
   return value
-
-
-def _check_str(name: str, value: Any, optional: bool = False) -> None:
-  if value is None and optional:
-    return
-  if not isinstance(value, str):
-    raise TypeError(f"`{name}` must be a string{' or None' if optional else ''}"
-                    f", got {type(value).__name__} {value!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,9 +217,9 @@ class PrunerConfig:
       _check_int(name, getattr(self, name), optional=True)
     for name in ("schedule", "sparsity_structure", "channel_ranking",
                  "channel_norm", "train_split", "eval_split"):
-      _check_str(name, getattr(self, name))
+      checks.check_str(name, getattr(self, name))
     for name in ("label_key", "module_file"):
-      _check_str(name, getattr(self, name), optional=True)
+      checks.check_str(name, getattr(self, name), optional=True)
 
   def _validate_sparsity(self):
     for name in ("target_sparsity", "initial_sparsity"):
