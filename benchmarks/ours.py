@@ -70,46 +70,26 @@ class RunRecord:
                       for n, r in self.nodes.items()}}
 
 
-def _custom(artifact) -> Dict[str, Any]:
-  out = {}
-  for key, value in artifact.custom_properties.items():
-    kind = value.WhichOneof("value")
-    out[key] = getattr(value, kind) if kind else None
-  return out
-
-
 def newest_run(metadata_path: str, pipeline_name: str) -> Dict[str, NodeRecord]:
   """node id -> NodeRecord for the newest run of ``pipeline_name``."""
   store = summary.open_store(metadata_path)
-  pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
-  if pipeline_ctx is None:
+  run = summary.newest_run_context(store, pipeline_name)
+  if run is None:
     return {}
-  ours = {e.id for e in store.get_executions_by_context(pipeline_ctx.id)}
-  runs = [r for r in store.get_contexts_by_type("pipeline_run")
-          if {e.id for e in store.get_executions_by_context(r.id)} & ours]
-  if not runs:
-    return {}
-  run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
   executions = store.get_executions_by_context(run.id)
   events = store.get_events_by_execution_ids([e.id for e in executions])
   artifact_ids = sorted({ev.artifact_id for ev in events})
   artifacts = {a.id: a for a in store.get_artifacts_by_id(artifact_ids)}
-  node_type = store.get_context_type("node")
-  prefix = f"{pipeline_name}."
   records = {}
   for e in executions:
-    # The node id is the name of the execution's "node" context,
-    # "<pipeline>.<node id>".
-    names = [c.name[len(prefix):] for c in store.get_contexts_by_execution(e.id)
-             if c.type_id == node_type.id and c.name.startswith(prefix)]
-    name = names[0] if names else str(e.type_id)
+    name = summary.node_id(store, e, pipeline_name)
     outputs: Dict[str, List[Dict[str, Any]]] = {}
     for ev in events:
       if ev.execution_id != e.id or ev.type not in _OUTPUT_EVENTS:
         continue
       key = ev.path.steps[0].key if ev.path.steps else "?"
       art = artifacts[ev.artifact_id]
-      entry = {"uri": art.uri, "artifact_id": art.id, **_custom(art)}
+      entry = {"uri": art.uri, "artifact_id": art.id, **summary.artifact_properties(art)}
       if entry not in outputs.setdefault(key, []):
         outputs[key].append(entry)
     seconds = (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1e3

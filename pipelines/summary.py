@@ -10,7 +10,8 @@ from ml_metadata.proto import metadata_store_pb2
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
 
-def _props(artifact) -> Dict[str, Any]:
+def artifact_properties(artifact) -> Dict[str, Any]:
+  """An MLMD artifact's custom properties as a plain dict."""
   out = {}
   for key, value in artifact.custom_properties.items():
     kind = value.WhichOneof("value")
@@ -25,39 +26,46 @@ def open_store(metadata_path: str) -> metadata_store.MetadataStore:
   return metadata_store.MetadataStore(config)
 
 
+def newest_run_context(store, pipeline_name: str):
+  """The newest "pipeline_run" context holding executions of ``pipeline_name``."""
+  pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
+  if pipeline_ctx is None:
+    return None
+  pipeline_execs = {e.id for e in store.get_executions_by_context(pipeline_ctx.id)}
+  runs = [r for r in store.get_contexts_by_type("pipeline_run")
+          if {e.id for e in store.get_executions_by_context(r.id)} & pipeline_execs]
+  return max(runs, key=lambda c: (c.create_time_since_epoch, c.id)) if runs else None
+
+
+def node_id(store, execution, pipeline_name: str) -> str:
+  """The node an execution ran, from its "node" context ("<pipeline>.<node id>")."""
+  node_type = store.get_context_type("node").id
+  prefix = f"{pipeline_name}."
+  names = [c.name[len(prefix):] for c in store.get_contexts_by_execution(execution.id)
+           if c.type_id == node_type and c.name.startswith(prefix)]
+  return names[0] if names else str(execution.type_id)
+
+
 def latest_run(store, pipeline_name: str) -> Dict[str, str]:
   """node id -> execution state ('COMPLETE', 'CACHED', 'FAILED'...) of the newest run."""
-  runs = [c for c in store.get_contexts_by_type("pipeline_run")]
-  pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
-  if pipeline_ctx is None or not runs:
+  run = newest_run_context(store, pipeline_name)
+  if run is None:
     return {}
-  pipeline_execs = {e.id for e in store.get_executions_by_context(pipeline_ctx.id)}
-  runs = [r for r in runs
-          if {e.id for e in store.get_executions_by_context(r.id)} & pipeline_execs]
-  if not runs:
-    return {}
-  run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
-  node_type = store.get_context_type("node").id
-  states = {}
-  for e in store.get_executions_by_context(run.id):
-    nodes = [c.name for c in store.get_contexts_by_execution(e.id)
-             if c.type_id == node_type]
-    # Node contexts are named "<pipeline>.<node id>".
-    name = nodes[0].split(".", 1)[-1] if nodes else str(e.type_id)
-    states[name] = _STATES.get(e.last_known_state, str(e.last_known_state))
-  return states
+  return {node_id(store, e, pipeline_name):
+              _STATES.get(e.last_known_state, str(e.last_known_state))
+          for e in store.get_executions_by_context(run.id)}
 
 
-def latest_artifact(store, pipeline_name: str, node_id: str,
-                    type_name: str) -> Optional[Any]:
-  """The newest live artifact of ``type_name`` that node ``node_id`` output.
+def output_artifacts(store, pipeline_name: str, node: str,
+                     type_name: str) -> List[Any]:
+  """Live artifacts of ``type_name`` that ``node`` output, oldest first.
 
   Inputs are attributed to a node's context too, so outputs are told apart by
   their events.
   """
-  ctx = store.get_context_by_type_and_name("node", f"{pipeline_name}.{node_id}")
+  ctx = store.get_context_by_type_and_name("node", f"{pipeline_name}.{node}")
   if ctx is None:
-    return None
+    return []
   executions = [e.id for e in store.get_executions_by_context(ctx.id)]
   outputs = {ev.artifact_id for ev in store.get_events_by_execution_ids(executions)
              if ev.type == metadata_store_pb2.Event.OUTPUT}
@@ -65,7 +73,14 @@ def latest_artifact(store, pipeline_name: str, node_id: str,
   arts = [a for a in store.get_artifacts_by_id(list(outputs))
           if types.get(a.type_id) == type_name and
           a.state == metadata_store_pb2.Artifact.LIVE]
-  return max(arts, key=lambda a: a.id) if arts else None
+  return sorted(arts, key=lambda a: a.id)
+
+
+def latest_artifact(store, pipeline_name: str, node: str,
+                    type_name: str) -> Optional[Any]:
+  """The newest live artifact of ``type_name`` that ``node`` output."""
+  arts = output_artifacts(store, pipeline_name, node, type_name)
+  return arts[-1] if arts else None
 
 
 def collect(metadata_path: str, pipeline_name: str,
@@ -82,7 +97,7 @@ def collect(metadata_path: str, pipeline_name: str,
       ("pushed", "Pusher", "PushedModel"),
   ]:
     art = latest_artifact(store, pipeline_name, node, type_name)
-    out[key] = None if art is None else {"uri": art.uri, **_props(art)}
+    out[key] = None if art is None else {"uri": art.uri, **artifact_properties(art)}
   out["serving_model_dir"] = serving_model_dir
   out["report"] = None
   if out["evaluation"]:

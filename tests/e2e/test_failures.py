@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-from ml_metadata.proto import metadata_store_pb2
 import numpy as np
 import pytest
 from tfx import v1 as tfx
@@ -84,17 +83,8 @@ def test_the_gate_never_leaks(workdir, variant):
 
 
 def _pruned_models(workdir):
-  """The Pruner's output Models (not its inputs, also attributed to its context)."""
   store = summary.open_store(str(workdir / "metadata.sqlite"))
-  ctx = store.get_context_by_type_and_name("node", f"{NAME}.Pruner")
-  executions = [e.id for e in store.get_executions_by_context(ctx.id)]
-  outputs = {ev.artifact_id for ev in store.get_events_by_execution_ids(executions)
-             if ev.type == metadata_store_pb2.Event.OUTPUT}
-  types = {t.id: t.name for t in store.get_artifact_types()}
-  arts = [a for a in store.get_artifacts_by_id(list(outputs))
-          if types[a.type_id] == "Model"
-          and a.state == metadata_store_pb2.Artifact.LIVE]
-  return sorted(arts, key=lambda a: a.id)
+  return summary.output_artifacts(store, NAME, "Pruner", "Model")
 
 
 def test_same_seed_same_mask_same_accuracy(workdir):

@@ -31,7 +31,7 @@ def artifact(out, node, type_name):
   store = summary.open_store(str(out / "metadata.sqlite"))
   art = summary.latest_artifact(store, NAME, node, type_name)
   assert art is not None, f"no {type_name} from {node}"
-  return {"uri": art.uri, **summary._props(art)}  # pylint: disable=protected-access
+  return {"uri": art.uri, **summary.artifact_properties(art)}
 
 
 @pytest.fixture(scope="module")
