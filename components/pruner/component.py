@@ -161,7 +161,9 @@ class Pruner(base_component.BaseComponent):
       search_sparsities: turns on the iterative search: sparsities to try in
         rising order (list or '0.5,0.6,0.7'); the sparsest step that passes
         the gate is emitted (components/pruner/search.py).
-      search_steps: fine-tuning steps per search step (default train_steps).
+      search_steps: fine-tuning steps per search step (default train_steps // 2:
+        each step continues from the last one and moves the sparsity one
+        notch).
       metric, max_drop, max_relative_drop, min_value: the gate each search
         step must pass, with the CompressionEvaluator's rules.
     """

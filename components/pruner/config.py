@@ -140,7 +140,7 @@ class PrunerConfig:
     channel_ranking: 'per_layer' or 'global' ranking of channels ('channels').
     channel_norm: 'l1' or 'l2' channel importance ('channels').
     finetune_steps: fine-tuning steps after the channels are physically
-      removed ('channels').
+      removed ('channels'), at a learning rate decaying to zero (cosine).
     train_steps: fine-tuning steps (default ``DEFAULT_TRAIN_STEPS``); exclusive
       with ``epochs``.
     epochs: passes over the train split instead of ``train_steps``.
@@ -360,8 +360,16 @@ class PrunerConfig:
     return bool(self.search_sparsities)
 
   def stage_steps(self) -> int:
-    """Fine-tuning steps of one search step (default: ``train_steps``)."""
-    return self.search_steps or self.train_steps or DEFAULT_TRAIN_STEPS
+    """Fine-tuning steps of one search step (default: half of ``train_steps``).
+
+    A step continues from the previous step's weights and only moves the
+    sparsity one notch, not from zero to the target as a fixed prune does: on
+    the demo, 150 steps per step reached 90% at the baseline's accuracy (300
+    gave the same sparsity at twice the cost).
+    """
+    if self.search_steps:
+      return self.search_steps
+    return max(2, (self.train_steps or DEFAULT_TRAIN_STEPS) // 2)
 
   def check_data_inputs(self, has_schema: bool, has_transform: bool) -> None:
     """Checks the data inputs can feed the model (component and executor).

@@ -424,6 +424,135 @@ def make_schedule(target_sparsity: float, initial_sparsity: float = 0.0,
                    f"{config_lib.SCHEDULES}.")
 
 
+class StagedSchedule(_sparsity.PruningSchedule):
+  """A polynomial (or constant) tfmot schedule whose targets can be moved.
+
+  tfmot's schedules hold Python numbers, baked into the traced training step:
+  a new target means a new wrapped model and a new trace. This one keeps its
+  begin/end steps and sparsities in variables, so :class:`ContinuedPruning` can
+  move the target stage after stage on one wrapped, compiled model.
+  """
+
+  def __init__(self, schedule: str = "polynomial", frequency: int = 1,
+               power: int = 3):
+    if schedule not in config_lib.SCHEDULES:
+      raise ValueError(f"`schedule`={schedule!r} is not one of "
+                       f"{config_lib.SCHEDULES}.")
+    self.schedule = schedule
+    self.frequency = int(frequency)
+    self.power = power
+    self.begin_step = tf.Variable(1, dtype=tf.int64, trainable=False)
+    self.end_step = tf.Variable(2, dtype=tf.int64, trainable=False)
+    self.initial_sparsity = tf.Variable(0.0, dtype=tf.float32, trainable=False)
+    self.final_sparsity = tf.Variable(0.0, dtype=tf.float32, trainable=False)
+
+  def set_stage(self, initial_sparsity: float, target_sparsity: float,
+                begin_step: int, end_step: int) -> None:
+    """Steps as tfmot counts them (1 = the first optimizer step)."""
+    self.initial_sparsity.assign(initial_sparsity)
+    self.final_sparsity.assign(target_sparsity)
+    self.begin_step.assign(begin_step)
+    self.end_step.assign(max(end_step, begin_step + 1))
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.int64)
+    if self.schedule == "constant":
+      sparsity = tf.identity(self.final_sparsity)
+    else:
+      p = tf.clip_by_value(
+          tf.cast(step - self.begin_step, tf.float32)
+          / tf.cast(self.end_step - self.begin_step, tf.float32), 0.0, 1.0)
+      sparsity = ((self.initial_sparsity - self.final_sparsity)
+                  * tf.pow(1.0 - p, self.power) + self.final_sparsity)
+    return (self._should_prune_in_step(step, self.begin_step, self.end_step,
+                                       self.frequency), sparsity)
+
+  def get_config(self):
+    return {"class_name": type(self).__name__,
+            "config": {"schedule": self.schedule, "frequency": self.frequency,
+                       "power": self.power}}
+
+
+class ContinuedPruning:
+  """One wrapped, compiled model pruned further stage after stage.
+
+  What an iterative search needs: each stage ramps the sparsity from the last
+  stage's to the next target and fine-tunes from the current weights, without
+  cloning, re-wrapping, recompiling or retracing (each of those costs seconds
+  per stage on a small model, more than the fine-tuning itself). The Adam state
+  carries over from stage to stage, as in one longer training run.
+
+  ``model`` (the plain view) shares its variables with the wrapped model: it
+  always holds the current weights, zeros included. Copy it
+  (:func:`clone_model`) to keep a stage's result.
+
+  Example:
+
+      run = ContinuedPruning(model, layers, loss=loss)
+      run.stage(ds, 0.0, 0.5, steps=300); run.model  # 50% sparse
+      run.stage(ds, 0.5, 0.7, steps=300); run.model  # 70%, from those weights
+  """
+
+  def __init__(self, model, layers: Sequence[str], *, loss,
+               schedule: str = "polynomial", learning_rate: float = 1e-3,
+               seed: int = 0):
+    check_supported(model)
+    if is_wrapped(model):
+      model = _sparsity.strip_pruning(model)
+    self.learning_rate = learning_rate
+    self.seed = seed
+    self.steps_done = 0
+    self._schedule_name = schedule
+    self._schedule = None
+    self._layers = list(layers)
+    with deterministic(seed):
+      self._plain = clone_model(model)
+    self._wrapped = None
+    self._loss = loss
+    self.model = self._plain
+
+  def _build(self, frequency: int) -> None:
+    self._schedule = StagedSchedule(self._schedule_name, frequency)
+    with deterministic(self.seed):
+      self._wrapped = _wrap(self._plain, self._layers,
+                            {"pruning_schedule": self._schedule})
+      self._wrapped.compile(
+          optimizer=tf_keras.optimizers.Adam(self.learning_rate),
+          loss=self._loss)
+    # The wrappers hold the very layers of self._plain: stripping gives a plain
+    # model over the same variables.
+    self.model = _sparsity.strip_pruning(self._wrapped)
+
+  def stage(self, train_ds: tf.data.Dataset, initial_sparsity: float,
+            target_sparsity: float, steps: int, seed: Optional[int] = None):
+    """Ramps from ``initial_sparsity`` to ``target_sparsity`` over ``steps``.
+
+    Returns:
+      The plain model (the shared view) after the stage.
+    """
+    begin, end, freq = config_lib.resolve_schedule(steps, 0, None, None)
+    if self._wrapped is None:
+      self._build(freq)
+    elif freq != self._schedule.frequency:
+      raise ValueError(f"Every stage must have the same length (first: "
+                       f"frequency {self._schedule.frequency}, now {freq}).")
+    self._schedule.set_stage(initial_sparsity, target_sparsity,
+                             self.steps_done + begin + 1,
+                             self.steps_done + end + 1)
+    logging.info("Pruning %s from %.3f to %.3f: mask updates at steps %d..%d "
+                 "every %d (of %d).", self._layers, initial_sparsity,
+                 target_sparsity, self.steps_done + begin,
+                 self.steps_done + end, freq, self.steps_done + steps)
+    with deterministic(self.seed if seed is None else seed):
+      self._wrapped.fit(
+          train_ds.repeat(), steps_per_epoch=steps, epochs=1, verbose=0,
+          callbacks=[_sparsity.UpdatePruningStep(),
+                     _StopOnNonFiniteLoss(self.learning_rate)])
+    self.steps_done += steps
+    check_finite(self.model, self.learning_rate)
+    return self.model
+
+
 def prune_to(model, train_ds: tf.data.Dataset, *, target_sparsity: float,
              steps: int, loss, layers: Optional[Sequence[str]] = None,
              initial_sparsity: float = 0.0, schedule: str = "polynomial",

@@ -159,3 +159,40 @@ class TestConfig:
              schema=tfx.dsl.Channel(type=standard_artifacts.Schema),
              label_key="label", search_sparsities=[0.5, 0.7],
              max_relative_drop=2.0)
+
+
+def test_unstructured_steps_share_one_wrapped_model_and_emit_the_chosen_weights(
+    model, monkeypatch):
+  wraps = []
+  real_wrap = pruning._wrap  # pylint: disable=protected-access
+
+  def counting_wrap(*args, **kw):
+    wraps.append(1)
+    return real_wrap(*args, **kw)
+
+  monkeypatch.setattr(pruning, "_wrap", counting_wrap)
+  config = cfg(search_sparsities="0.4,0.6,0.99", max_drop=0.05)
+  result = search.search_sparsity(model, tiny_data(), tiny_data(), config,
+                                  config.gate(), loss="sparse_categorical_crossentropy")
+  assert [s.passed for s in result.steps] == [True, True, False]
+  assert len(wraps) == 1  # no re-wrapping, recompiling or retracing per step
+  # The later, failed step trained the shared model on; the emitted model is
+  # still the chosen step's, bit for bit.
+  assert search.weights_digest(result.model) == result.steps[1].weights_sha256
+  assert result.steps[2].weights_sha256 != result.steps[1].weights_sha256
+  hidden = result.model.get_layer("hidden").get_weights()[0]
+  assert round(float((hidden == 0).mean()), 2) == 0.6
+
+
+def test_staged_schedule_moves_its_target_without_a_new_trace():
+  schedule = pruning.StagedSchedule("polynomial", frequency=10)
+  schedule.set_stage(0.0, 0.5, begin_step=1, end_step=101)
+  fn = tf.function(schedule)
+  prune, sparsity = fn(tf.constant(101, tf.int64))
+  assert bool(prune) and float(sparsity) == pytest.approx(0.5)
+  schedule.set_stage(0.5, 0.8, begin_step=201, end_step=301)
+  prune, sparsity = fn(tf.constant(201, tf.int64))
+  assert bool(prune) and float(sparsity) == pytest.approx(0.5)
+  assert float(fn(tf.constant(301, tf.int64))[1]) == pytest.approx(0.8)
+  assert not bool(fn(tf.constant(205, tf.int64))[0])  # not a mask-update step
+  assert fn.experimental_get_tracing_count() == 1
