@@ -284,6 +284,16 @@ class TFLitePredictor:
                  for d in it.get_output_details()}
     self.inputs = collections.OrderedDict(sorted(inputs.items()))
     self.input_names = list(self.inputs)
+    # A Quantizer model with pack_inputs=1 takes the features side by side in
+    # one tensor, in the order tflite_io.json records.
+    self.packed = self.io.get("packed") or None
+    if self.packed:
+      if self.packed.get("input") not in self.inputs:
+        raise EvaluationError(
+            f"The {role} TFLite model's tflite_io.json says its features are "
+            f"packed into input {self.packed.get('input')!r}, but its inputs "
+            f"are {self.input_names}. Re-run the Quantizer that wrote it.")
+      self.input_names = list(self.packed["features"])
     if len(outputs) != 1:
       raise EvaluationError(
           f"The {role} TFLite model has {len(outputs)} outputs "
@@ -294,6 +304,15 @@ class TFLitePredictor:
 
   def set_inputs(self, row: Mapping[str, np.ndarray]) -> None:
     """Sets one example's inputs (each value has a leading batch of 1)."""
+    if self.packed:
+      d = self.inputs[self.packed["input"]]
+      value = np.concatenate(
+          [np.asarray(row[n], dtype=self.packed["dtype"]).reshape(1, w)
+           for n, w in zip(self.packed["features"], self.packed["widths"])],
+          axis=1)
+      self.interpreter.set_tensor(
+          d["index"], _quantize(value.reshape(tuple(d["shape"])), d))
+      return
     for name, d in self.inputs.items():
       value = np.asarray(row[name])
       shape = tuple(int(s) for s in d["shape"])

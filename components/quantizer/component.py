@@ -41,6 +41,7 @@ BATCH_SIZE_KEY = "batch_size"
 LEARNING_RATE_KEY = "learning_rate"
 SEED_KEY = "seed"
 ALLOW_SELECT_OPS_KEY = "allow_select_ops"
+PACK_INPUTS_KEY = "pack_inputs"
 TRAIN_SPLIT_KEY = "train_split"
 MODULE_FILE_KEY = "module_file"
 
@@ -59,6 +60,7 @@ class QuantizerSpec(types.ComponentSpec):
       LEARNING_RATE_KEY: ExecutionParameter(type=float, optional=True),
       SEED_KEY: ExecutionParameter(type=int, optional=True),
       ALLOW_SELECT_OPS_KEY: ExecutionParameter(type=int, optional=True),
+      PACK_INPUTS_KEY: ExecutionParameter(type=int, optional=True),
       TRAIN_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
       MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
   }
@@ -103,6 +105,7 @@ class Quantizer(base_component.BaseComponent):
                learning_rate: Union[float, Any] = 1e-4,
                seed: Union[int, Any] = 0,
                allow_select_ops: Union[int, Any] = 0,
+               pack_inputs: Union[int, Any] = 0,
                train_split: Union[str, Any] = "train",
                module_file: Optional[Union[str, Any]] = None):
     """Checks the parameters and wires the channels.
@@ -122,6 +125,9 @@ class Quantizer(base_component.BaseComponent):
       learning_rate: QAT Adam learning rate.
       seed: seeds sampling and fine-tuning.
       allow_select_ops: 1 allows TensorFlow select ops for non-builtin ops.
+      pack_inputs: 1 gives the TFLite model one packed [1, width] input in
+        place of one input per feature (see packing.py); the order is in
+        tflite_io.json.
       train_split: the split for calibration and fine-tuning.
       module_file: a Python file defining ``custom_objects`` for custom layers.
 
@@ -133,6 +139,8 @@ class Quantizer(base_component.BaseComponent):
       learning_rate = float(learning_rate)
     if isinstance(allow_select_ops, bool):
       allow_select_ops = int(allow_select_ops)
+    if isinstance(pack_inputs, bool):
+      pack_inputs = int(pack_inputs)
     params = {
         LABEL_KEY_KEY: label_key,
         QUANTIZATION_KEY: quantization,
@@ -143,6 +151,7 @@ class Quantizer(base_component.BaseComponent):
         LEARNING_RATE_KEY: learning_rate,
         SEED_KEY: seed,
         ALLOW_SELECT_OPS_KEY: allow_select_ops,
+        PACK_INPUTS_KEY: pack_inputs,
         TRAIN_SPLIT_KEY: train_split,
         MODULE_FILE_KEY: module_file,
     }

@@ -60,6 +60,10 @@ class QuantizerConfig:
     allow_select_ops: 1 lets the converter use TensorFlow ops (Flex) when an
       op is not a TFLite builtin; the device's runtime must then link the
       Flex delegate.
+    pack_inputs: 1 feeds the TFLite model one [1, width] tensor instead of one
+      input per feature, when every input goes into one Concatenate (the
+      usual TFX Keras model): no QUANTIZE op per feature in a full-integer
+      model. ``tflite_io.json`` records the packing order.
     train_split: the Examples split used for calibration and fine-tuning.
     module_file: optional Python file defining ``custom_objects`` for models
       with custom layers.
@@ -78,6 +82,7 @@ class QuantizerConfig:
   learning_rate: float = 1e-4
   seed: int = 0
   allow_select_ops: int = 0
+  pack_inputs: int = 0
   train_split: str = "train"
   module_file: Optional[str] = None
 
@@ -137,15 +142,16 @@ class QuantizerConfig:
                        "(1e-4 to 1e-5 suits fine-tuning).")
     object.__setattr__(self, "learning_rate", float(lr))
 
-    select = self.allow_select_ops
-    if isinstance(select, bool):
-      select = int(select)
-    if not isinstance(select, int):
-      raise TypeError(f"`allow_select_ops` must be 0 or 1, got "
-                      f"{type(select).__name__} {select!r}.")
-    if select not in (0, 1):
-      raise ValueError(f"`allow_select_ops`={select} must be 0 or 1.")
-    object.__setattr__(self, "allow_select_ops", select)
+    for name in ("allow_select_ops", "pack_inputs"):
+      flag = getattr(self, name)
+      if isinstance(flag, bool):
+        flag = int(flag)
+      if not isinstance(flag, int):
+        raise TypeError(f"`{name}` must be 0 or 1, got "
+                        f"{type(flag).__name__} {flag!r}.")
+      if flag not in (0, 1):
+        raise ValueError(f"`{name}`={flag} must be 0 or 1.")
+      object.__setattr__(self, name, flag)
 
     if not isinstance(self.train_split, str) or not self.train_split:
       raise TypeError(f"`train_split` must name a split of the Examples, got "

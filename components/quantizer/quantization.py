@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from components.common import features as features_lib
 from components.common import model_stats
+from components.quantizer import packing
 from components.quantizer.config import DATA_MODES
 from components.quantizer.config import QuantizerConfig
 
@@ -151,12 +152,22 @@ def quantize(model, config: QuantizerConfig,
         model, config, train_data, input_sparsity)
     stats.update(qat_stats)
 
+  packed = None
+  convert_specs, convert_samples = input_specs, samples
+  if config.pack_inputs:
+    packed = packing.pack_inputs(converted_model)
+    converted_model = packed.model
+    convert_specs = features_lib.keras_input_specs(packed.model)
+    convert_samples = [{packing.PACKED_INPUT: packed.pack(s)} for s in samples]
+    logging.info("Packing %d inputs into one %r tensor (Concatenate %r cut).",
+                 len(packed.features), packing.PACKED_INPUT, packed.concatenate)
+
   logging.info("Converting to TFLite, quantization=%s, %d representative "
                "example(s).", mode, len(samples))
-  tflite_model = convert(converted_model, mode, samples=samples,
+  tflite_model = convert(converted_model, mode, samples=convert_samples,
                          io_type=config.int8_io_type,
                          allow_select_ops=bool(config.allow_select_ops),
-                         input_specs=input_specs, output_names=output_names)
+                         input_specs=convert_specs, output_names=output_names)
 
   if measure_float:
     try:
@@ -178,6 +189,8 @@ def quantize(model, config: QuantizerConfig,
   io = describe_tflite(tflite_model)
   io.update(mode=mode, int8_io_type=config.int8_io_type,
             preprocessing=preprocessing, label_key=config.label_key)
+  if packed is not None:
+    io["packed"] = packed.to_dict()
   logging.info("TFLite model: %d bytes (%d gzipped), weight sparsity %.4f "
                "(input %.4f).", stats["tflite_bytes"],
                stats["tflite_gzip_bytes"], stats["sparsity"], input_sparsity)

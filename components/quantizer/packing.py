@@ -1,0 +1,149 @@
+"""One packed input tensor for a model whose feature inputs all meet in one Concatenate.
+
+A TFX Keras model usually takes each feature as its own named input and joins them
+with a ``Concatenate`` layer. Converted as is, the TFLite model keeps one input per
+feature, and a full-integer model adds one QUANTIZE op per input and a
+CONCATENATION that requantizes each of them: on a small model (the demo's 64 pixel
+inputs) that fixed work is a large share of the latency. ``pack_inputs`` gives the
+converter the part of the model after the Concatenate, fed by one
+``[batch, width]`` tensor holding the features side by side in the recorded order.
+
+Example:
+
+    packed = pack_inputs(model)
+    packed.features     # ['pixel_00', ..., 'pixel_63']: the order to pack in
+    packed.model        # takes {'packed_features': [batch, 64]}
+    packed.pack(row)    # feature dict -> one [batch, 64] array
+"""
+
+import dataclasses
+from typing import Any, Dict, List, Mapping
+
+import numpy as np
+import tf_keras
+
+PACKED_INPUT = "packed_features"
+
+
+class PackingError(ValueError):
+  """The model's inputs cannot be packed into one tensor."""
+
+
+@dataclasses.dataclass
+class PackedModel:
+  """The model after its Concatenate, and how to pack its features.
+
+  Attributes:
+    model: a tf_keras model taking ``{PACKED_INPUT: [batch, sum(widths)]}``.
+    features: the feature names in packed order.
+    widths: the values each feature takes in the packed vector.
+    dtype: the packed tensor's dtype.
+    concatenate: the name of the Concatenate layer that was cut.
+  """
+  model: Any
+  features: List[str]
+  widths: List[int]
+  dtype: str
+  concatenate: str
+
+  def pack(self, row: Mapping[str, Any]) -> np.ndarray:
+    """Feature dict (each [batch, width] or [batch]) -> [batch, total] array."""
+    parts = []
+    for name, width in zip(self.features, self.widths):
+      value = np.asarray(row[name], dtype=self.dtype)
+      parts.append(value.reshape(value.shape[0] if value.ndim else 1, width))
+    return np.concatenate(parts, axis=1)
+
+  def to_dict(self) -> Dict[str, Any]:
+    """What ``tflite_io.json`` records: how a device builds the input."""
+    return {"input": PACKED_INPUT, "features": list(self.features),
+            "widths": list(self.widths), "dtype": self.dtype,
+            "concatenate": self.concatenate}
+
+
+def _why(model) -> str:
+  return (f" Leave `pack_inputs`=0 to keep one TFLite input per feature "
+          f"(model inputs: {list(model.input_names or [])}).")
+
+
+def pack_inputs(model) -> PackedModel:
+  """The part of ``model`` after the Concatenate that joins all its inputs.
+
+  Raises:
+    PackingError: the model is not functional, an input is not a float
+      [batch, width] tensor, or the inputs do not all go, each once and only,
+      into one Concatenate on the last axis.
+  """
+  if not isinstance(model, tf_keras.Model) or not getattr(
+      model, "_is_graph_network", False):
+    raise PackingError(
+        f"`pack_inputs`=1 needs a functional or Sequential tf_keras model; got "
+        f"{type(model).__name__}, whose graph cannot be cut.")
+  inputs = list(model.inputs)
+  names = list(model.input_names or [])
+  if len(names) != len(inputs):
+    names = [t.name.split(":")[0] for t in inputs]
+  if len(inputs) < 2:
+    raise PackingError("`pack_inputs`=1: the model has a single input already; "
+                       "there is nothing to pack." + _why(model))
+  name_of = {id(t): n for t, n in zip(inputs, names)}
+  dtypes = {t.dtype.name for t in inputs}
+  for t, n in zip(inputs, names):
+    if t.shape.rank != 2 or t.shape[-1] is None or not t.dtype.is_floating:
+      raise PackingError(
+          f"`pack_inputs`=1: input {n!r} is {t.dtype.name} with shape "
+          f"{t.shape.as_list()}; only float [batch, width] inputs can be packed."
+          + _why(model))
+  if len(dtypes) != 1:
+    raise PackingError(f"`pack_inputs`=1: the inputs mix dtypes {sorted(dtypes)}."
+                       + _why(model))
+
+  consumers: Dict[int, List[Any]] = {id(t): [] for t in inputs}
+  for depth in model._nodes_by_depth.values():  # pylint: disable=protected-access
+    for node in depth:
+      if node.is_input:
+        continue
+      for t in node.keras_inputs:
+        if id(t) in consumers:
+          consumers[id(t)].append(node)
+  for t in inputs:
+    if len(consumers[id(t)]) != 1:
+      raise PackingError(
+          f"`pack_inputs`=1: input {name_of[id(t)]!r} feeds "
+          f"{len(consumers[id(t)])} layers; each input must go into the one "
+          "Concatenate only." + _why(model))
+  nodes = {id(consumers[id(t)][0]): consumers[id(t)][0] for t in inputs}
+  node = next(iter(nodes.values()))
+  layer = node.layer
+  axis = getattr(layer, "axis", None)
+  if (len(nodes) != 1 or not isinstance(layer, tf_keras.layers.Concatenate)
+      or axis not in (-1, 1)):
+    used = sorted({n.layer.name for n in nodes.values()})
+    raise PackingError(
+        f"`pack_inputs`=1: the inputs go into {used}, not into one Concatenate "
+        "on the last axis, so they cannot be replaced by one packed tensor."
+        + _why(model))
+  joined = list(node.keras_inputs)
+  if len(joined) != len(inputs) or len({id(t) for t in joined}) != len(joined):
+    raise PackingError(
+        f"`pack_inputs`=1: Concatenate {layer.name!r} joins "
+        f"{len(joined)} tensors, not exactly the model's {len(inputs)} inputs."
+        + _why(model))
+
+  width = sum(int(t.shape[-1]) for t in joined)
+  packed = tf_keras.Input((width,), name=PACKED_INPUT, dtype=joined[0].dtype)
+  # A model from the Concatenate's output on: Keras warns that the input is
+  # not an Input layer's, and builds the sub-graph after it.
+  import logging as py_logging  # pylint: disable=g-import-not-at-top
+  keras_log = py_logging.getLogger("tensorflow")
+  level = keras_log.level
+  keras_log.setLevel(py_logging.ERROR)
+  try:
+    tail = tf_keras.Model(node.outputs, model.output, name=f"{model.name}_tail")
+  finally:
+    keras_log.setLevel(level)
+  result = tf_keras.Model({PACKED_INPUT: packed}, tail(packed),
+                          name=f"{model.name}_packed")
+  return PackedModel(model=result, features=[name_of[id(t)] for t in joined],
+                     widths=[int(t.shape[-1]) for t in joined],
+                     dtype=joined[0].dtype.name, concatenate=layer.name)
