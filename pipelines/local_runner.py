@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
                  choices=QUANTIZATION_CHOICES,
                  help="Quantizer mode, or none to gate the pruned SavedModel "
                       "(default: %(default)s)")
+  p.add_argument("--int8-io", default="float32", choices=("float32", "int8", "uint8"),
+                 help="dtype of the int8 model's inputs and outputs: int8 gives "
+                      "an integer-only model, without a QUANTIZE op per input "
+                      "feature (default: %(default)s)")
+  p.add_argument("--pack-inputs", action="store_true",
+                 help="give the TFLite model one [1, 64] input instead of 64 "
+                      "named ones (Quantizer pack_inputs=1): no QUANTIZE op per "
+                      "feature in an int8 model")
   p.add_argument("--max-drop", type=float, default=DEFAULTS["max_drop"],
                  help="accuracy threshold: largest allowed accuracy drop of the "
                       "compressed model, 0.01 = one point (default: %(default)s)")
@@ -108,6 +116,23 @@ def check_args(args) -> None:
     _fail(f"--train-steps {args.train_steps} must be >= 1.")
   if args.prune_steps < 1:
     _fail(f"--prune-steps {args.prune_steps} must be >= 1.")
+  if args.pack_inputs and args.quantization == "none":
+    _fail("--pack-inputs needs a Quantizer (--quantization none gates the "
+          "SavedModel, which keeps its named inputs). Drop --pack-inputs or "
+          "choose a --quantization mode.")
+  if args.int8_io != "float32" and args.quantization not in ("int8", "qat"):
+    _fail(f"--int8-io {args.int8_io!r} needs --quantization int8 or qat (only a "
+          f"full-integer model has integer inputs; got --quantization "
+          f"{args.quantization!r}). Drop --int8-io or change --quantization.")
+
+
+def _quantizer_kwargs(args) -> Optional[dict]:
+  kwargs = {}
+  if args.int8_io != "float32":
+    kwargs["int8_io_type"] = args.int8_io
+  if args.pack_inputs:
+    kwargs["pack_inputs"] = 1
+  return kwargs or None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -135,6 +160,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         max_drop=args.max_drop,
         min_value=args.min_accuracy,
         enable_cache=not args.no_cache,
+        quantizer_kwargs=_quantizer_kwargs(args),
         **paths)
   except (ValueError, TypeError) as e:
     _fail(str(e))
