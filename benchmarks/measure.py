@@ -98,7 +98,8 @@ def load_split(patterns: Sequence[str]) -> EvalData:
 class TFLiteModel:
   """A TFLite flatbuffer in a one-thread interpreter, fed by feature name."""
 
-  def __init__(self, content: bytes, name: str = "model"):
+  def __init__(self, content: bytes, name: str = "model",
+               packed_features: Optional[Sequence[str]] = None):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     self.name = name
     self.content = bytes(content)
@@ -114,13 +115,27 @@ class TFLiteModel:
     if len(outputs) != 1:
       raise ValueError(f"{name}: expected one output, got {len(outputs)}.")
     self.output = outputs[0]
+    # One input that is not a feature: the features packed side by side, in
+    # the order given (ours: tflite_io.json) or in FEATURE_KEYS order.
+    self.packed = None
+    if len(self.inputs) == 1 and next(iter(self.inputs)) not in FEATURE_KEYS:
+      self.packed = list(packed_features or FEATURE_KEYS)
+      width = int(np.prod(next(iter(self.inputs.values()))["shape"]))
+      if width != len(self.packed):
+        raise ValueError(f"{name}: packed input of {width} values, "
+                         f"{len(self.packed)} features to pack.")
     missing = sorted(set(self.inputs) - set(FEATURE_KEYS))
-    if missing:
+    if missing and self.packed is None:
       raise ValueError(f"{name}: TFLite inputs {missing} are not features.")
 
   def set_example(self, data: EvalData, i: int) -> None:
     for name, d in self.inputs.items():
-      value = data.features[name][i:i + 1].reshape(d["shape"])
+      if self.packed is not None:
+        value = np.concatenate([data.features[n][i:i + 1].reshape(1, 1)
+                                for n in self.packed], axis=1)
+      else:
+        value = data.features[name][i:i + 1]
+      value = value.reshape(d["shape"])
       scale, zero = d["quantization"]
       if np.dtype(d["dtype"]).kind in "iu" and scale:
         info = np.iinfo(d["dtype"])

@@ -18,6 +18,7 @@ Example:
 import contextlib
 import dataclasses
 import glob
+import json
 import os
 import sys
 import time
@@ -175,6 +176,15 @@ def read_tflite(uri: str) -> bytes:
     raise FileNotFoundError(f"No .tflite file under {uri}.")
   with open(path, "rb") as f:
     return f.read()
+
+
+def read_tflite_io(uri: str) -> Dict[str, Any]:
+  """The tflite_io.json the Quantizer wrote beside its .tflite file."""
+  path = find_tflite(uri)
+  if path is None:
+    raise FileNotFoundError(f"No .tflite file under {uri}.")
+  with open(os.path.join(os.path.dirname(path), "tflite_io.json")) as f:
+    return json.load(f)
 
 
 def float_tflite(model_uri: str) -> bytes:

@@ -131,14 +131,29 @@ def representative_dataset(patterns: Sequence[str], s: ReferenceSettings):
   return gen
 
 
+def representative_flat(patterns: Sequence[str], s: ReferenceSettings):
+  """The same examples as :func:`representative_dataset`, as one [1, 64] array."""
+  features = representative_dataset(patterns, s)
+
+  def gen():
+    for f in features():
+      yield [np.concatenate([f[k].numpy() for k in digits_trainer.FEATURE_KEYS],
+                            axis=1)]
+  return gen
+
+
 def convert(model: keras.Model, mode: str, patterns: Sequence[str] = (),
-            s: Optional[ReferenceSettings] = None) -> bytes:
-  """The converter as the guides call it: 'float', 'dynamic', 'int8', 'qat'."""
+            s: Optional[ReferenceSettings] = None, flat: bool = False) -> bytes:
+  """The converter as the guides call it: 'float', 'dynamic', 'int8', 'qat'.
+
+  ``flat``: the model takes one [batch, 64] input (see :func:`flat_input`).
+  """
   converter = tf.lite.TFLiteConverter.from_keras_model(model)
   if mode in ("dynamic", "int8", "qat"):
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   if mode == "int8":
-    converter.representative_dataset = representative_dataset(patterns, s)
+    converter.representative_dataset = (representative_flat if flat else
+                                        representative_dataset)(patterns, s)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
   return converter.convert()
 
@@ -200,6 +215,16 @@ def narrow_cnn(conv1: int, conv2: int, dense1: int) -> keras.Model:
   outputs = keras.layers.Dense(10, activation="softmax",
                                name="probabilities")(x)
   return keras.Model(inputs=inputs, outputs=outputs, name="digits_cnn_narrow")
+
+
+def flat_input(model: keras.Model) -> keras.Model:
+  """The same layers and weights fed one [batch, 64] tensor (no Concatenate)."""
+  x = inputs = keras.Input(shape=(len(digits_trainer.FEATURE_KEYS),),
+                           name="pixels_flat")
+  start = [l.name for l in model.layers].index("pixels") + 1
+  for layer in model.layers[start:]:
+    x = layer(x)
+  return keras.Model(inputs, x, name=model.name + "_flat")
 
 
 def prune_channels(model: keras.Model, patterns: Sequence[str],
@@ -276,6 +301,8 @@ def run_reference(train_patterns: Sequence[str],
     out["channels"] = timed("convert_channels_float", convert, narrow, "float")
     out["channels_int8"] = timed("convert_channels_int8", convert, narrow,
                                  "int8", train_patterns, s)
+    out["channels_int8_packed"] = convert(flat_input(narrow), "int8",
+                                          train_patterns, s, flat=True)
     info["channels_params"] = int(narrow.count_params())
     info["channels_widths"] = [narrow.get_layer(n).get_weights()[0].shape[-1]
                                for n in ("conv1", "conv2", "dense1")]

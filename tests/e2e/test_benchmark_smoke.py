@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 BASE_ROWS = ("baseline", "pruned", "pruned_dynamic", "pruned_int8", "qat_int8",
-             "channels", "channels_int8")
+             "channels", "channels_int8", "channels_int8_packed")
 SEARCH_ROWS = ("search_unstructured", "search_channels")
 FIGURES = ("accuracy", "raw_bytes", "gzip_bytes", "latency_us", "gzip_ratio",
            "raw_ratio", "latency_ratio", "accuracy_drop_points")
@@ -69,6 +69,13 @@ def test_every_row_is_measured_on_both_sides(smoke):
   assert rows["pruned_int8"]["ours"]["raw_bytes"] < (
       0.4 * rows["baseline"]["ours"]["raw_bytes"])
   assert rows["baseline"]["ours"]["gzip_ratio"] == pytest.approx(1.0)
+  # One packed input drops the 64 per-input QUANTIZE ops and their tensors,
+  # and predicts the same classes as the 64-input model.
+  for side in ("ours", "reference"):
+    assert rows["channels_int8_packed"][side]["raw_bytes"] < (
+        rows["channels_int8"][side]["raw_bytes"])
+  assert abs(rows["channels_int8_packed"]["ours"]["accuracy"]
+             - rows["channels_int8"]["ours"]["accuracy"]) < 0.02
 
 
 def test_timings_memory_and_targets_are_finite(smoke):
