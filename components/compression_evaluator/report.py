@@ -210,7 +210,8 @@ def to_markdown(report: Mapping[str, Any]) -> str:
           fmt_ratio(lat["latency_ratio"]))]))
     out += ["", f"{lat['runtime']}; {lat['threads']} thread(s); "
             f"{lat['samples']} examples timed per model after "
-            f"{lat['warmup']} warm-up calls.", ""]
+            f"{lat['warmup']} warm-up calls; the models take turns every "
+            f"{lat.get('block', 1)} example(s).", ""]
   else:
     out += ["Not measured (`latency_samples`=0).", ""]
   out += ["## Sparsity", "",
@@ -653,8 +654,8 @@ def to_html(report: Mapping[str, Any]) -> str:
           e(fmt_ratio(lat["latency_ratio"]))]], num_cols=(1, 2, 3))
     lat_html += (f"<p class='sub'>{e(lat['runtime'])}; {lat['threads']} "
                  f"thread(s); {lat['samples']} examples timed per model after "
-                 f"{lat['warmup']} warm-up calls; the models take turns on "
-                 "each example.</p>")
+                 f"{lat['warmup']} warm-up calls; the models take turns every "
+                 f"{lat.get('block', 1)} example(s).</p>")
   else:
     lat_html = "<p>Not measured (<code>latency_samples</code>=0).</p>"
 

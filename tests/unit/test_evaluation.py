@@ -298,6 +298,27 @@ class TestModels:
     assert set(lat) == {"baseline", "candidate"}
     assert all(0 < v < 1 for v in lat.values())
 
+  def test_tflite_latency_takes_turns_in_blocks_and_skips_the_warmup(self):
+    calls = []
+
+    class Fake:
+      def __init__(self, role):
+        self.role = role
+
+      def set_inputs(self, row):
+        calls.append((self.role, int(row["a"][0, 0])))
+
+      def invoke(self):
+        pass
+
+    feats = {"a": np.arange(7, dtype=np.float32).reshape(7, 1)}
+    lat = ev.tflite_latency({"baseline": Fake("b"), "candidate": Fake("c")},
+                            feats, warmup=2, block=4)
+    assert set(lat) == {"baseline", "candidate"}
+    # Each model runs 4 examples in a row, then the other: 9 calls each.
+    assert [r for r, _ in calls] == (["b"] * 4 + ["c"] * 4) * 2 + ["b", "c"]
+    assert [i for r, i in calls if r == "c"] == [0, 1, 2, 3, 4, 5, 6, 0, 1]
+
   def test_candidate_inputs_must_be_the_baselines(self):
     base = ev.KerasPredictor(_tiny_model(("a", "b")))
     other = ev.KerasPredictor(_tiny_model(("a", "c")))
