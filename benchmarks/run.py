@@ -441,8 +441,8 @@ def retrained_warnings(runs: List[Dict[str, Any]]) -> List[str]:
   """Runs after the first whose Trainer ran again (not from the cache).
 
   The demo's Trainer module is packaged with every file beside it
-  (pipelines/), so editing any of them during the benchmark retrains, and the
-  rows of that run then compare against another baseline.
+  (pipelines/trainers/), so editing any of them during the benchmark retrains,
+  and the rows of that run then compare against another baseline.
   """
   out = []
   for run in runs[1:]:
@@ -450,8 +450,8 @@ def retrained_warnings(runs: List[Dict[str, Any]]) -> List[str]:
     if trainer.get("state") not in (None, "CACHED"):
       out.append(f"run {run['name']!r}: the Trainer ran again (state "
                  f"{trainer.get('state')}): an input changed during the "
-                 "benchmark (e.g. a file in pipelines/ was edited); its rows "
-                 "compare against another trained model.")
+                 "benchmark (e.g. a file in pipelines/trainers/ was "
+                 "edited); its rows compare against another trained model.")
   return out
 
 

@@ -18,7 +18,7 @@ accuracy threshold), ``prune_steps`` (int, the Pruner's fine-tuning steps) and
 ``train_args`` (str, the Trainer's TrainArgs as JSON, e.g. ``{"num_steps": 600}``:
 TFX passes protos as JSON strings, so the Trainer's steps cannot be a bare int).
 
-The Trainer imports ``pipelines.digits_trainer.run_fn`` from the package installed in
+The Trainer imports ``pipelines.trainers.digits_trainer.run_fn`` from the package installed in
 the image instead of packaging a module file: nothing is written to the pipeline
 root at compile time, and the code that runs is the code in the image.
 """
@@ -35,7 +35,7 @@ from pipelines.local_runner import DEFAULTS as _LOCAL_DEFAULTS
 PIPELINE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 DEFAULT_PIPELINE_NAME = "digits-compression"
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "kubeflow")
-TRAINER_RUN_FN = "pipelines.digits_trainer.run_fn"
+TRAINER_RUN_FN = "pipelines.trainers.digits_trainer.run_fn"
 
 # Runtime parameter names, as they appear in the compiled spec and in a run's
 # parameter values.

@@ -24,10 +24,10 @@ from pipelines.compression import add_compression  # noqa: E402
 import tensorflow_model_analysis as tfma  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
-MODULE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+MODULE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trainers",
                            "penguin_trainer.py")
 LABEL_KEY = "species"
-TRAINER_MODULE = "pipelines.penguin_trainer"
+TRAINER_MODULE = "pipelines.trainers.penguin_trainer"
 
 
 def create_pipeline(
@@ -53,7 +53,7 @@ def create_pipeline(
   """TFX's penguin pipeline with compression appended by the helper.
 
   ``from_installed_package`` names the Transform's and Trainer's functions by
-  their import path in the installed package (``pipelines.penguin_trainer``), as
+  their import path in the installed package (``pipelines.trainers.penguin_trainer``), as
   a Kubeflow image has them, instead of a module file packaged at compile time.
   """
   code = (dict(preprocessing_fn=f"{TRAINER_MODULE}.preprocessing_fn")

@@ -12,7 +12,8 @@ from tfx.types import standard_artifacts
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
-from pipelines import digits_data, digits_trainer
+from pipelines import digits_data
+from pipelines.trainers import digits_trainer
 
 FEATURES = digits_data.FEATURE_KEYS
 LABEL = digits_data.LABEL_KEY

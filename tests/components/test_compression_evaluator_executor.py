@@ -17,7 +17,7 @@ from tfx.utils import proto_utils
 from components.common import features
 from components.compression_evaluator import evaluation
 from components.compression_evaluator import executor
-from pipelines import digits_trainer
+from pipelines.trainers import digits_trainer
 from tests import fixtures
 
 

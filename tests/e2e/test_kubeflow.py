@@ -117,7 +117,7 @@ def test_every_step_runs_the_image_with_the_v2_entrypoint(compiled):
   # The Trainer runs the demo module from the package installed in the image.
   trainer = compiled["spec"]["root"]["dag"]["tasks"]["Trainer"]["inputs"]["parameters"]
   assert trainer["run_fn"]["runtimeValue"]["constant"] == (
-      "pipelines.digits_trainer.run_fn")
+      "pipelines.trainers.digits_trainer.run_fn")
   assert "module_file" not in trainer and "module_path" not in trainer
 
 

@@ -98,5 +98,5 @@ def test_compiles_for_kubeflow(tmp_path):
             job["pipelineSpec"]["deploymentSpec"]["executors"].values()
             if "container" in e}
   assert images == {"gcr.io/p/tfx-compression:0.1.0"}
-  assert "pipelines.penguin_trainer.run_fn" in json.dumps(job)
+  assert "pipelines.trainers.penguin_trainer.run_fn" in json.dumps(job)
   assert spec.root.dag.tasks  # parsed back with kfp's own proto

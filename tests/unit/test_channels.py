@@ -11,7 +11,7 @@ import tf_keras as keras
 from components.common import model_io
 from components.common import signatures as signatures_lib
 from components.pruner import channels
-from pipelines import digits_trainer
+from pipelines.trainers import digits_trainer
 from tests import fixtures
 
 L = keras.layers
