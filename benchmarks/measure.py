@@ -29,6 +29,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from components.common import model_stats
+from components.quantizer import packing
 
 FEATURE_KEYS = [f"pixel_{i:02d}" for i in range(64)]
 LABEL_KEY = "label"
@@ -99,7 +100,7 @@ class TFLiteModel:
   """A TFLite flatbuffer in a one-thread interpreter, fed by feature name."""
 
   def __init__(self, content: bytes, name: str = "model",
-               packed_features: Optional[Sequence[str]] = None):
+               packed: Optional[Mapping] = None):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     self.name = name
     self.content = bytes(content)
@@ -115,15 +116,17 @@ class TFLiteModel:
     if len(outputs) != 1:
       raise ValueError(f"{name}: expected one output, got {len(outputs)}.")
     self.output = outputs[0]
-    # One input that is not a feature: the features packed side by side, in
-    # the order given (ours: tflite_io.json) or in FEATURE_KEYS order.
+    # One input that is not a feature: the features packed side by side, as
+    # ``packed`` says (ours: tflite_io.json's entry) or in FEATURE_KEYS order.
     self.packed = None
     if len(self.inputs) == 1 and next(iter(self.inputs)) not in FEATURE_KEYS:
-      self.packed = list(packed_features or FEATURE_KEYS)
+      self.packed = packed or {"features": FEATURE_KEYS,
+                               "widths": [1] * len(FEATURE_KEYS),
+                               "dtype": "float32"}
       width = int(np.prod(next(iter(self.inputs.values()))["shape"]))
-      if width != len(self.packed):
+      if width != sum(self.packed["widths"]):
         raise ValueError(f"{name}: packed input of {width} values, "
-                         f"{len(self.packed)} features to pack.")
+                         f"{sum(self.packed['widths'])} to pack.")
     missing = sorted(set(self.inputs) - set(FEATURE_KEYS))
     if missing and self.packed is None:
       raise ValueError(f"{name}: TFLite inputs {missing} are not features.")
@@ -131,8 +134,8 @@ class TFLiteModel:
   def set_example(self, data: EvalData, i: int) -> None:
     for name, d in self.inputs.items():
       if self.packed is not None:
-        value = np.concatenate([data.features[n][i:i + 1].reshape(1, 1)
-                                for n in self.packed], axis=1)
+        value = packing.pack({n: data.features[n][i:i + 1]
+                              for n in self.packed["features"]}, self.packed)
       else:
         value = data.features[name][i:i + 1]
       value = value.reshape(d["shape"])

@@ -122,7 +122,7 @@ class Benchmark:
     self.first = None
     # (structure, sparsity) -> Pruner seconds of a fixed-target prune.
     self.prune_seconds: Dict[Any, float] = {}
-    # row -> feature order of its packed TFLite input (Quantizer pack_inputs).
+    # row -> how its TFLite input is packed (tflite_io.json's "packed").
     self.packed: Dict[str, Any] = {}
 
   # Helpers.
@@ -220,8 +220,7 @@ class Benchmark:
                           "pack_inputs": 1}))
     uri = packed.uri("Quantizer", "quantized_model")
     self.ours["channels_int8_packed"] = ours.read_tflite(uri)
-    self.packed["channels_int8_packed"] = (
-        ours.read_tflite_io(uri).get("packed") or {}).get("features")
+    self.packed["channels_int8_packed"] = ours.read_tflite_io(uri).get("packed")
 
   def run_ours_search(self, structure: str):
     from benchmarks import ours
@@ -315,7 +314,7 @@ class Benchmark:
       for row, content in contents.items():
         models[f"{side}/{row}"] = measure.TFLiteModel(
             content, f"{side}/{row}",
-            packed_features=self.packed.get(row) if side == "ours" else None)
+            packed=self.packed.get(row) if side == "ours" else None)
     results = measure.measure(models, data, rounds=self.cfg["latency_rounds"])
     self.info["eval_examples"] = len(data)
     for row in ROWS:

@@ -46,6 +46,7 @@ from components.common import model_io
 from components.common import metrics as metrics_lib
 from components.common import model_stats
 from components.common import thresholds as thresholds_lib
+from components.quantizer import packing
 
 from components.common.metrics import AUC_BINS, EPSILON, XENT_UNITS_PER_NAT  # noqa: F401
 LATENCY_WARMUP = 10
@@ -308,10 +309,7 @@ class TFLitePredictor:
     """Sets one example's inputs (each value has a leading batch of 1)."""
     if self.packed:
       d = self.inputs[self.packed["input"]]
-      value = np.concatenate(
-          [np.asarray(row[n], dtype=self.packed["dtype"]).reshape(1, w)
-           for n, w in zip(self.packed["features"], self.packed["widths"])],
-          axis=1)
+      value = packing.pack(row, self.packed)
       self.interpreter.set_tensor(
           d["index"], _quantize(value.reshape(tuple(d["shape"])), d))
       return
@@ -565,10 +563,11 @@ def tflite_latency(predictors: Mapping[str, TFLitePredictor],
   """
   rows = _rows(features)
   total = warmup + len(rows)
+  block = max(1, block)
   times = {role: [] for role in predictors}
-  for first in range(0, total, max(1, block)):
+  for first in range(0, total, block):
     for role, pred in predictors.items():
-      for i in range(first, min(first + max(1, block), total)):
+      for i in range(first, min(first + block, total)):
         pred.set_inputs(rows[i % len(rows)])
         start = time.perf_counter()
         pred.invoke()

@@ -17,6 +17,7 @@ Example:
 """
 
 import dataclasses
+import logging
 from typing import Any, Dict, List, Mapping
 
 import numpy as np
@@ -27,6 +28,18 @@ PACKED_INPUT = "packed_features"
 
 class PackingError(ValueError):
   """The model's inputs cannot be packed into one tensor."""
+
+
+def pack(row: Mapping[str, Any], spec: Mapping[str, Any]) -> np.ndarray:
+  """Feature dict -> one [batch, sum(widths)] array, as ``spec`` says.
+
+  ``spec`` is the ``packed`` entry of ``tflite_io.json``
+  (:meth:`PackedModel.to_dict`): the features in order, their widths, the
+  dtype. Each value is [batch, width], or [batch] for a width of 1.
+  """
+  return np.concatenate(
+      [np.asarray(row[name], dtype=spec["dtype"]).reshape(-1, width)
+       for name, width in zip(spec["features"], spec["widths"])], axis=1)
 
 
 @dataclasses.dataclass
@@ -48,11 +61,7 @@ class PackedModel:
 
   def pack(self, row: Mapping[str, Any]) -> np.ndarray:
     """Feature dict (each [batch, width] or [batch]) -> [batch, total] array."""
-    parts = []
-    for name, width in zip(self.features, self.widths):
-      value = np.asarray(row[name], dtype=self.dtype)
-      parts.append(value.reshape(value.shape[0] if value.ndim else 1, width))
-    return np.concatenate(parts, axis=1)
+    return pack(row, self.to_dict())
 
   def to_dict(self) -> Dict[str, Any]:
     """What ``tflite_io.json`` records: how a device builds the input."""
@@ -134,10 +143,9 @@ def pack_inputs(model) -> PackedModel:
   packed = tf_keras.Input((width,), name=PACKED_INPUT, dtype=joined[0].dtype)
   # A model from the Concatenate's output on: Keras warns that the input is
   # not an Input layer's, and builds the sub-graph after it.
-  import logging as py_logging  # pylint: disable=g-import-not-at-top
-  keras_log = py_logging.getLogger("tensorflow")
+  keras_log = logging.getLogger("tensorflow")
   level = keras_log.level
-  keras_log.setLevel(py_logging.ERROR)
+  keras_log.setLevel(logging.ERROR)
   try:
     tail = tf_keras.Model(node.outputs, model.output, name=f"{model.name}_tail")
   finally:
