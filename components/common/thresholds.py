@@ -27,6 +27,8 @@ import dataclasses
 import math
 from typing import Any, Dict, List, Mapping, Optional
 
+from components.common import checks as checks_lib
+
 # name -> (higher_is_better, bounded to [0, 1])
 METRICS: Dict[str, tuple] = {
     "accuracy": (True, True),
@@ -72,18 +74,6 @@ def higher_is_better(metric: str) -> bool:
   return METRICS[canonical_metric(metric)][0]
 
 
-def _as_optional_float(value: Any, name: str) -> Optional[float]:
-  if value is None:
-    return None
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise TypeError(f"`{name}` must be a number or None, got "
-                    f"{type(value).__name__} {value!r}.")
-  value = float(value)
-  if not math.isfinite(value):
-    raise ValueError(f"`{name}`={value!r} must be a finite number.")
-  return value
-
-
 @dataclasses.dataclass(frozen=True)
 class ThresholdCheck:
   """One threshold's outcome."""
@@ -123,7 +113,8 @@ class GateThresholds:
   def __post_init__(self):
     object.__setattr__(self, "metric", canonical_metric(self.metric))
     for name in QUALITY_FIELDS + EFFICIENCY_FIELDS:
-      object.__setattr__(self, name, _as_optional_float(getattr(self, name), name))
+      object.__setattr__(self, name, checks_lib.check_number(
+          name, getattr(self, name), optional=True))
     if all(getattr(self, name) is None for name in QUALITY_FIELDS):
       raise ValueError(
           "The gate needs at least one of `max_drop`, `max_relative_drop` or "

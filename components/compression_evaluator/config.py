@@ -51,9 +51,7 @@ MAX_LATENCY_SAMPLES = 100000
 
 
 def _check_int(name: str, value: Any, low: int, high: int, hint: str) -> None:
-  if isinstance(value, bool) or not isinstance(value, int):
-    raise TypeError(f"`{name}` must be an integer, got {type(value).__name__} "
-                    f"{value!r}.")
+  checks.check_int(name, value)
   if not low <= value <= high:
     raise ValueError(f"`{name}`={value} is outside [{low}, {high}]. {hint}")
 

@@ -96,24 +96,6 @@ def parse_sparsities(value: Union[str, Sequence[float], None]) -> Tuple[float, .
   return tuple(out)
 
 
-def _check_int(name: str, value: Any, optional: bool = False) -> None:
-  if value is None and optional:
-    return
-  if isinstance(value, bool) or not isinstance(value, int):
-    raise TypeError(f"`{name}` must be an integer{' or None' if optional else ''}"
-                    f", got {type(value).__name__} {value!r}.")
-
-
-def _check_number(name: str, value: Any) -> float:
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise TypeError(f"`{name}` must be a number, got {type(value).__name__} "
-                    f"{value!r}.")
-  value = float(value)
-  if not math.isfinite(value):
-    raise ValueError(f"`{name}`={value!r} must be a finite number.")
-  return value
-
-
 @dataclasses.dataclass(frozen=True)
 class PrunerConfig:
   """Everything the Pruner needs besides the model and the data.
@@ -210,11 +192,11 @@ class PrunerConfig:
 
   def _validate_types(self):
     for name in ("target_sparsity", "initial_sparsity", "learning_rate"):
-      _check_number(name, getattr(self, name))
+      checks.check_number(name, getattr(self, name))
     for name in ("begin_step", "finetune_steps", "batch_size", "seed"):
-      _check_int(name, getattr(self, name))
+      checks.check_int(name, getattr(self, name))
     for name in ("end_step", "frequency", "train_steps", "epochs"):
-      _check_int(name, getattr(self, name), optional=True)
+      checks.check_int(name, getattr(self, name), optional=True)
     for name in ("schedule", "sparsity_structure", "channel_ranking",
                  "channel_norm", "train_split", "eval_split"):
       checks.check_str(name, getattr(self, name))
@@ -323,7 +305,7 @@ class PrunerConfig:
   def _validate_search(self):
     object.__setattr__(self, "search_sparsities",
                        parse_sparsities(self.search_sparsities))
-    _check_int("search_steps", self.search_steps, optional=True)
+    checks.check_int("search_steps", self.search_steps, optional=True)
     gate_values = {k: getattr(self, k) for k in thresholds_lib.QUALITY_FIELDS}
     if not self.search_sparsities:
       given = sorted(k for k, v in gate_values.items() if v is not None)
