@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m pipelines.local_runner $(ARGS)
+	$(PY) -m tfx_compression.pipelines.local_runner $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest tests $(ARGS)
@@ -35,9 +35,9 @@ test: $(STAMP)
 # uploaded or run); every step runs IMAGE, built from docker/Dockerfile:
 #   make kubeflow IMAGE=<name:tag> PIPELINE_ROOT=<uri> DATA_ROOT=<uri> [ARGS="--max-drop 0.02"]
 # Writes outputs/kubeflow/digits-compression.json (Vertex AI) and .yaml (Kubeflow
-# Pipelines) and prints their paths. More options: .venv/bin/python -m pipelines.kubeflow_runner --help
+# Pipelines) and prints their paths. More options: .venv/bin/python -m tfx_compression.pipelines.kubeflow_runner --help
 kubeflow: $(STAMP)
-	@$(PY) -m pipelines.kubeflow_runner --image="$(IMAGE)" \
+	@$(PY) -m tfx_compression.pipelines.kubeflow_runner --image="$(IMAGE)" \
 	  --pipeline-root="$(PIPELINE_ROOT)" --data-root="$(DATA_ROOT)" $(ARGS)
 
 # Our pipeline against the hand-written tf_keras + tfmot workflow, side by side

@@ -74,8 +74,8 @@ def run_evaluator(baseline_uri: str, candidate_uri: str, schema_uri: str,
                   examples_uri: str, work_dir: str) -> Dict[str, Any]:
   """Runs the CompressionEvaluator's executor once; returns what it wrote."""
   # pylint: disable=g-import-not-at-top
-  import components  # noqa: F401
-  from components.compression_evaluator import executor as executor_lib
+  import tfx_compression  # noqa: F401
+  from tfx_compression.components.compression_evaluator import executor as executor_lib
   from tfx.dsl.components.base import base_beam_executor
   from tfx.types import standard_artifacts
   # pylint: enable=g-import-not-at-top

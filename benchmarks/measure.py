@@ -5,7 +5,7 @@ same functions here, fed the same held-out examples (the pipeline's eval split):
 
 * accuracy: each eval example fed alone (batch 1) to ``tf.lite.Interpreter``;
 * size: raw bytes of the flatbuffer and bytes after gzip -9
-  (:func:`components.common.model_stats.gzip_bytes`);
+  (:func:`tfx_compression.components.common.model_stats.gzip_bytes`);
 * latency: ``invoke()`` of one example on one thread, median over many
   examples after a warm-up. The models are timed in rounds, one model after the
   other, so that a burst of load on a shared machine hits every model alike
@@ -28,8 +28,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from components.common import model_stats
-from components.quantizer import packing
+from tfx_compression.components.common import model_stats
+from tfx_compression.components.quantizer import packing
 
 FEATURE_KEYS = [f"pixel_{i:02d}" for i in range(64)]
 LABEL_KEY = "label"

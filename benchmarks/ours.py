@@ -26,9 +26,9 @@ from typing import Any, Dict, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
 
-from pipelines import digits_data
-from pipelines import pipeline as pipeline_lib
-from pipelines import summary
+from tfx_compression.pipelines import digits_data
+from tfx_compression.pipelines import pipeline as pipeline_lib
+from tfx_compression.pipelines import summary
 
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT,
@@ -194,8 +194,8 @@ def float_tflite(model_uri: str) -> bytes:
   "float TFLite model" every ratio refers to is the one our gate compares.
   """
   # pylint: disable=g-import-not-at-top
-  from components.common import model_io
-  from components.compression_evaluator import evaluation
+  from tfx_compression.components.common import model_io
+  from tfx_compression.components.compression_evaluator import evaluation
   # pylint: enable=g-import-not-at-top
   model = model_io.load_keras_model(model_io.serving_dir(model_uri))
   return evaluation.keras_to_float_tflite(model)

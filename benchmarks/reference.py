@@ -9,7 +9,7 @@ It is written as a user of tf_keras + tensorflow-model-optimization would write
 it (guides: "Pruning in Keras", "Pruning for on-device inference", "Quantization
 aware training comprehensive guide", "Post-training integer quantization"), with
 the settings of our pipeline so that the two sides compare: the demo's CNN
-(``pipelines.trainers.digits_trainer.build_model``), the same train and eval examples
+(``tfx_compression.pipelines.trainers.digits_trainer.build_model``), the same train and eval examples
 (the pipeline's own ExampleGen output), the same seeds, steps, batch sizes,
 learning rates, schedule and target sparsity.
 
@@ -25,14 +25,14 @@ import math
 import time
 from typing import Any, Dict, Optional, Sequence
 
-import components  # noqa: F401  (Keras 2 before TensorFlow)
+import tfx_compression  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 import tensorflow_model_optimization as tfmot
 
 from benchmarks import measure
-from pipelines.trainers import digits_trainer
+from tfx_compression.pipelines.trainers import digits_trainer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -276,8 +276,8 @@ class Benchmark:
 
   def run_reference(self):
     from benchmarks import measure, reference
-    from components.pruner import config as pruner_config
-    from components.quantizer import config as quantizer_config
+    from tfx_compression.components.pruner import config as pruner_config
+    from tfx_compression.components.quantizer import config as quantizer_config
     p = pruner_config.PrunerConfig()
     q = quantizer_config.QuantizerConfig()
     c = self.cfg
@@ -457,7 +457,7 @@ def retrained_warnings(runs: List[Dict[str, Any]]) -> List[str]:
 def search_available() -> bool:
   """Whether the Pruner takes `search_sparsities` (the iterative search)."""
   import inspect
-  from components import Pruner
+  from tfx_compression import Pruner
   return "search_sparsities" in inspect.signature(Pruner.__init__).parameters
 
 
@@ -630,7 +630,7 @@ def main(argv=None) -> int:
                                                 f"benchmark{suffix}")
   start = time.perf_counter()
   machine_before = machine_state()
-  import components  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import tfx_compression  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)
 

@@ -1,6 +1,6 @@
 """Append compression to an existing TFX pipeline in a few lines.
 
-    from components import add_compression
+    from tfx_compression import add_compression
 
     compression = add_compression(
         model=trainer.outputs["model"],
@@ -25,9 +25,9 @@ this only wires them.
 import dataclasses
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from components.compression_evaluator.component import CompressionEvaluator
-from components.pruner.component import Pruner
-from components.quantizer.component import Quantizer
+from tfx_compression.components.compression_evaluator.component import CompressionEvaluator
+from tfx_compression.components.pruner.component import Pruner
+from tfx_compression.components.quantizer.component import Quantizer
 from tfx import types
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts

@@ -1,6 +1,6 @@
 """Compiles the demo pipeline for Kubeflow Pipelines v2 and Vertex AI Pipelines.
 
-    python -m pipelines.kubeflow_runner --image gcr.io/my-project/tfx-compression:0.1.0 \\
+    python -m tfx_compression.pipelines.kubeflow_runner --image gcr.io/my-project/tfx-compression:0.1.0 \\
         --pipeline-root gs://my-bucket/tfx --data-root gs://my-bucket/digits
 
 The same ``create_pipeline(...)`` as the local runner, compiled by TFX's
@@ -18,7 +18,7 @@ accuracy threshold), ``prune_steps`` (int, the Pruner's fine-tuning steps) and
 ``train_args`` (str, the Trainer's TrainArgs as JSON, e.g. ``{"num_steps": 600}``:
 TFX passes protos as JSON strings, so the Trainer's steps cannot be a bare int).
 
-The Trainer imports ``pipelines.trainers.digits_trainer.run_fn`` from the package installed in
+The Trainer imports ``tfx_compression.pipelines.trainers.digits_trainer.run_fn`` from the package installed in
 the image instead of packaging a module file: nothing is written to the pipeline
 root at compile time, and the code that runs is the code in the image.
 """
@@ -29,13 +29,13 @@ import re
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from pipelines.local_runner import DEFAULTS as _LOCAL_DEFAULTS
+from tfx_compression.pipelines.local_runner import DEFAULTS as _LOCAL_DEFAULTS
 
 # KFP v2 and Vertex AI accept only this pipeline name pattern (TFX checks it too).
 PIPELINE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 DEFAULT_PIPELINE_NAME = "digits-compression"
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "kubeflow")
-TRAINER_RUN_FN = "pipelines.trainers.digits_trainer.run_fn"
+TRAINER_RUN_FN = "tfx_compression.pipelines.trainers.digits_trainer.run_fn"
 
 # Runtime parameter names, as they appear in the compiled spec and in a run's
 # parameter values.
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
   that TFX components check (e.g. --quantization) are checked when compiling.
   """
   p = _Parser(
-      prog="python -m pipelines.kubeflow_runner",
+      prog="python -m tfx_compression.pipelines.kubeflow_runner",
       description="Compile the digits compression pipeline for Kubeflow Pipelines "
                   "v2 / Vertex AI Pipelines. Writes <output>.json (a PipelineJob, "
                   "for Vertex AI) and <output>.yaml (the PipelineSpec, for "
@@ -286,7 +286,7 @@ def compile_pipeline(image: str, pipeline_root: str, data_root: str,
   """
   import json  # pylint: disable=g-import-not-at-top
   import yaml  # pylint: disable=g-import-not-at-top
-  from pipelines import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  from tfx_compression.pipelines import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
   from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner  # pylint: disable=g-import-not-at-top
 
   serving_model_dir = serving_model_dir or "/".join(

@@ -1,6 +1,6 @@
 """Runs the demo compression pipeline locally with LocalDagRunner.
 
-    python -m pipelines.local_runner --help
+    python -m tfx_compression.pipelines.local_runner --help
 
 Beam's DirectRunner does the data work; ML Metadata is a SQLite file under the output
 directory. Everything goes under ``--output-dir`` (default ``outputs/``):
@@ -38,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
   p = _Parser(
-      prog="python -m pipelines.local_runner",
+      prog="python -m tfx_compression.pipelines.local_runner",
       description="Run the digits compression pipeline (Trainer -> Pruner -> "
                   "Quantizer -> CompressionEvaluator -> Pusher) with LocalDagRunner.")
   p.add_argument("--output-dir", default=DEFAULTS["output_dir"],
@@ -139,8 +139,8 @@ def main(argv: Optional[List[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   check_args(args)
   # Heavy imports only after the arguments are known to be good.
-  from pipelines import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
-  from pipelines import digits_data, summary  # pylint: disable=g-import-not-at-top
+  from tfx_compression.pipelines import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  from tfx_compression.pipelines import digits_data, summary  # pylint: disable=g-import-not-at-top
   from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
 
   out = os.path.abspath(args.output_dir)

@@ -6,7 +6,7 @@ blessed model) -> Pusher. Compression is appended with :func:`add_compression`, 
 Pusher pushes the compressed model only when the stock Evaluator blessed the Trainer's
 model AND the CompressionEvaluator blessed the compressed one.
 
-    python -m pipelines.penguin_pipeline --output-dir outputs/penguin
+    python -m tfx_compression.pipelines.penguin_pipeline --output-dir outputs/penguin
 """
 
 import argparse
@@ -19,15 +19,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import components  # noqa: E402  (Keras 2 before TensorFlow)
-from pipelines.compression import add_compression  # noqa: E402
+import tfx_compression  # noqa: E402  (Keras 2 before TensorFlow)
+from tfx_compression.pipelines.compression import add_compression  # noqa: E402
 import tensorflow_model_analysis as tfma  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
 MODULE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trainers",
                            "penguin_trainer.py")
 LABEL_KEY = "species"
-TRAINER_MODULE = "pipelines.trainers.penguin_trainer"
+TRAINER_MODULE = "tfx_compression.pipelines.trainers.penguin_trainer"
 
 
 def create_pipeline(
@@ -53,7 +53,7 @@ def create_pipeline(
   """TFX's penguin pipeline with compression appended by the helper.
 
   ``from_installed_package`` names the Transform's and Trainer's functions by
-  their import path in the installed package (``pipelines.trainers.penguin_trainer``), as
+  their import path in the installed package (``tfx_compression.pipelines.trainers.penguin_trainer``), as
   a Kubeflow image has them, instead of a module file packaged at compile time.
   """
   code = (dict(preprocessing_fn=f"{TRAINER_MODULE}.preprocessing_fn")
@@ -157,7 +157,7 @@ def compile_for_kubeflow(image: str, pipeline_root: str, data_root: str,
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m pipelines.penguin_pipeline",
+      prog="python -m tfx_compression.pipelines.penguin_pipeline",
       description="TFX's penguin pipeline with compression appended, run locally.")
   parser.add_argument("--output-dir", default="outputs/penguin")
   parser.add_argument("--train-steps", type=int, default=100)
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
   parser.add_argument("--data-root", default=None)
   args = parser.parse_args(argv)
   if args.kubeflow_image:
-    from pipelines import kubeflow_runner  # pylint: disable=g-import-not-at-top
+    from tfx_compression.pipelines import kubeflow_runner  # pylint: disable=g-import-not-at-top
     try:
       image = kubeflow_runner.check_image(args.kubeflow_image)
       if not args.pipeline_root or not args.data_root:
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
         os.path.join(os.path.abspath(args.output_dir), "penguin-compression.json"))
     print(path)
     return 0
-  from pipelines import penguin_data  # pylint: disable=g-import-not-at-top
+  from tfx_compression.pipelines import penguin_data  # pylint: disable=g-import-not-at-top
   out = os.path.abspath(args.output_dir)
   data = penguin_data.ensure_penguins_csv(os.path.join(out, "data"))
   pipe = create_pipeline(

@@ -7,8 +7,8 @@ the local runner, the Kubeflow runner, the tests and the benchmark.
 import os
 from typing import Any, Dict, List, Optional, Union
 
-import components  # noqa: F401  (puts Keras 2 in force before TFX imports TF)
-from components import CompressionEvaluator, Pruner, Quantizer
+import tfx_compression  # noqa: F401  (puts Keras 2 in force before TFX imports TF)
+from tfx_compression.components import CompressionEvaluator, Pruner, Quantizer
 from tfx import v1 as tfx
 
 DEMO_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trainers",
@@ -66,7 +66,7 @@ def create_pipeline(
       searches these sparsities step by step and keeps the sparsest that passes.
     pruner_kwargs, quantizer_kwargs, evaluator_kwargs: more component parameters.
     trainer_run_fn: dotted path of the Trainer's ``run_fn`` in an installed
-      package (e.g. 'pipelines.trainers.digits_trainer.run_fn'), used instead of
+      package (e.g. 'tfx_compression.pipelines.trainers.digits_trainer.run_fn'), used instead of
       ``module_file``: nothing is packaged or uploaded when compiling (Kubeflow).
     train_args: replaces ``train_steps``: a TrainArgs proto, or a str
       RuntimeParameter holding its JSON, e.g. '{"num_steps": 600}' (Kubeflow).

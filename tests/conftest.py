@@ -7,7 +7,7 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import components  # noqa: E402,F401  (Keras 2 before TensorFlow)
+import tfx_compression  # noqa: E402,F401  (Keras 2 before TensorFlow)
 import pytest  # noqa: E402
 
 from tests import fixtures  # noqa: E402

@@ -3,7 +3,7 @@
 import os
 from typing import Dict, Optional
 
-import components  # noqa: F401  (Keras 2 before TensorFlow)
+import tfx_compression  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
@@ -12,8 +12,8 @@ from tfx.types import standard_artifacts
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
-from pipelines import digits_data
-from pipelines.trainers import digits_trainer
+from tfx_compression.pipelines import digits_data
+from tfx_compression.pipelines.trainers import digits_trainer
 
 FEATURES = digits_data.FEATURE_KEYS
 LABEL = digits_data.LABEL_KEY

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from typing import Any, Dict, Optional, Tuple
 
-import components  # noqa: F401  (Keras 2 before TensorFlow)
+import tfx_compression  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -33,13 +33,13 @@ from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 from tfx.utils import io_utils
 
-from components.common import features
-from components.common import model_io
-from components.compression_evaluator import evaluation
-from components.compression_evaluator import executor as evaluator_executor
-from components.pruner import executor as pruner_executor
-from components.pruner import pruning
-from components.quantizer import executor as quantizer_executor
+from tfx_compression.components.common import features
+from tfx_compression.components.common import model_io
+from tfx_compression.components.compression_evaluator import evaluation
+from tfx_compression.components.compression_evaluator import executor as evaluator_executor
+from tfx_compression.components.pruner import executor as pruner_executor
+from tfx_compression.components.pruner import pruning
+from tfx_compression.components.quantizer import executor as quantizer_executor
 from tests import fixtures
 from tests import test_safe_loading
 
@@ -613,23 +613,23 @@ def _define(row: Row, request) -> None:
   if row.where == PRUNER:
     args = dict(model=_channel(standard_artifacts.Model), label_key="label",
                 **channels)
-    components.Pruner(**{**args, **params})
+    tfx_compression.Pruner(**{**args, **params})
   elif row.where == QUANTIZER:
     args = dict(model=_channel(standard_artifacts.Model), label_key="label",
                 **channels)
-    components.Quantizer(**{**args, **params})
+    tfx_compression.Quantizer(**{**args, **params})
   elif row.where == EVALUATOR:
     args = dict(baseline_model=_channel(standard_artifacts.Model),
                 candidate_model=_channel(standard_artifacts.Model),
                 label_key="label", max_drop=0.01, **channels)
-    components.CompressionEvaluator(**{**args, **params})
+    tfx_compression.CompressionEvaluator(**{**args, **params})
   elif row.where == ADD_COMPRESSION:
     args = dict(model=_channel(standard_artifacts.Model), label_key="label",
                 push_destination=os.path.join(str(request.getfixturevalue(
                     "tmp_path")), "serving"), **channels)
-    components.add_compression(**{**args, **params})
+    tfx_compression.add_compression(**{**args, **params})
   elif row.where == CREATE_PIPELINE:
-    from pipelines import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+    from tfx_compression.pipelines import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
     tmp = str(request.getfixturevalue("tmp_path"))
     args = dict(pipeline_name="bad-inputs", pipeline_root=os.path.join(tmp, "root"),
                 data_root=os.path.join(tmp, "data"),
@@ -711,9 +711,9 @@ def _run(row: Row, request, tmp_path) -> Optional[str]:
 def _runner(row: Row, tmp_path) -> subprocess.CompletedProcess:
   out = tmp_path / "out"
   if row.where == LOCAL_RUNNER:
-    argv = ["-m", "pipelines.local_runner", "--output-dir", str(out)]
+    argv = ["-m", "tfx_compression.pipelines.local_runner", "--output-dir", str(out)]
   else:
-    argv = ["-m", "pipelines.kubeflow_runner",
+    argv = ["-m", "tfx_compression.pipelines.kubeflow_runner",
             "--image", "gcr.io/p/tfx-compression:0.1.0",
             "--pipeline-root", "gs://bucket/root", "--data-root", "gs://bucket/data",
             "--output", str(out / "spec.json")]

@@ -15,17 +15,17 @@ import ast
 import importlib.util
 import os
 
-import components  # noqa: F401  (Keras 2 before TensorFlow)
+import tfx_compression  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
 from tfx.types import standard_artifacts
 
-from components.common import model_io
-from components.compression_evaluator import evaluation
-from components.pruner import executor as pruner_executor
-from components.quantizer import executor as quantizer_executor
+from tfx_compression.components.common import model_io
+from tfx_compression.components.compression_evaluator import evaluation
+from tfx_compression.components.pruner import executor as pruner_executor
+from tfx_compression.components.quantizer import executor as quantizer_executor
 from tests import fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -37,5 +37,5 @@ def ensure_legacy_keras() -> None:
     raise ImportError(
         "tf.keras already resolved to Keras 3 in this process (Keras "
         f"{version}); these components need Keras 2 (tf_keras). Import "
-        "`components` before TensorFlow, or set TF_USE_LEGACY_KERAS=1 in the "
+        "`tfx_compression` before TensorFlow, or set TF_USE_LEGACY_KERAS=1 in the "
         "environment before starting Python.")

@@ -25,7 +25,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from components.common import thresholds as thresholds_lib
+from tfx_compression.components.common import thresholds as thresholds_lib
 
 # Score histogram resolution for AUC: bins of 0.001 on [0, 1]. Scores in the
 # same bin count as ties, so the AUC is within about 1e-3 of the exact one.

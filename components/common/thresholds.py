@@ -27,7 +27,7 @@ import dataclasses
 import math
 from typing import Any, Dict, List, Mapping, Optional
 
-from components.common import checks as checks_lib
+from tfx_compression.components.common import checks as checks_lib
 
 # name -> (higher_is_better, bounded to [0, 1])
 METRICS: Dict[str, tuple] = {

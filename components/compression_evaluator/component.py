@@ -26,12 +26,12 @@ from tfx.types import component_spec
 from tfx.types import standard_artifacts
 from tfx.types.system_executions import Evaluate
 
-from components.common import artifacts
-from components.common import thresholds as thresholds_lib
-from components.compression_evaluator import config as config_lib
-from components.compression_evaluator import executor
+from tfx_compression.components.common import artifacts
+from tfx_compression.components.common import thresholds as thresholds_lib
+from tfx_compression.components.compression_evaluator import config as config_lib
+from tfx_compression.components.compression_evaluator import executor
 # Channel and parameter names live in config.py (the executor uses them too).
-from components.compression_evaluator.config import (  # pylint: disable=g-multiple-import,g-importing-member
+from tfx_compression.components.compression_evaluator.config import (  # pylint: disable=g-multiple-import,g-importing-member
     BASELINE_MODEL_KEY, CANDIDATE_MODEL_KEY, EXAMPLES_KEY, SCHEMA_KEY,
     TRANSFORM_GRAPH_KEY, BASELINE_BLESSING_KEY, BLESSING_KEY, EVALUATION_KEY,
     LABEL_KEY_KEY, METRIC_KEY, MAX_DROP_KEY, MAX_RELATIVE_DROP_KEY,

@@ -3,7 +3,7 @@
 Built in the component's constructor (bad values fail when the pipeline is
 defined) and again in the executor from ``exec_properties`` (runtime
 parameters), so the rules live here only. The gate itself is a
-:class:`components.common.thresholds.GateThresholds`, the one definition the
+:class:`tfx_compression.components.common.thresholds.GateThresholds`, the one definition the
 Pruner's search uses too.
 
 Example:
@@ -17,8 +17,8 @@ Example:
 import dataclasses
 from typing import Any, Dict, Mapping, Optional
 
-from components.common import checks
-from components.common import thresholds as thresholds_lib
+from tfx_compression.components.common import checks
+from tfx_compression.components.common import thresholds as thresholds_lib
 
 # Inputs.
 BASELINE_MODEL_KEY = "baseline_model"

@@ -41,14 +41,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from absl import logging
 import numpy as np
 
-from components.common import features as features_lib
-from components.common import model_io
-from components.common import metrics as metrics_lib
-from components.common import model_stats
-from components.common import thresholds as thresholds_lib
-from components.quantizer import packing
+from tfx_compression.components.common import features as features_lib
+from tfx_compression.components.common import model_io
+from tfx_compression.components.common import metrics as metrics_lib
+from tfx_compression.components.common import model_stats
+from tfx_compression.components.common import thresholds as thresholds_lib
+from tfx_compression.components.quantizer import packing
 
-from components.common.metrics import AUC_BINS, EPSILON, XENT_UNITS_PER_NAT  # noqa: F401
+from tfx_compression.components.common.metrics import AUC_BINS, EPSILON, XENT_UNITS_PER_NAT  # noqa: F401
 LATENCY_WARMUP = 10
 # Examples each TFLite model runs in a row before the other takes its turn.
 LATENCY_BLOCK = 20
@@ -60,7 +60,7 @@ ROLES = ("baseline", "candidate")
 EvaluationError = metrics_lib.MetricsError
 
 
-from components.common.metrics import (  # noqa: E402,F401  (re-exported)
+from tfx_compression.components.common.metrics import (  # noqa: E402,F401  (re-exported)
     _probability_rows,
     _as_2d,
     detect_output_kind,
@@ -370,14 +370,14 @@ def keras_to_float_tflite(model) -> bytes:
       flatbuffer = keras_to_float_tflite(model)
       tf.lite.Interpreter(model_content=flatbuffer)
   """
-  from components.quantizer import quantization  # pylint: disable=g-import-not-at-top
+  from tfx_compression.components.quantizer import quantization  # pylint: disable=g-import-not-at-top
   return quantization.convert(model, "float")
 
 
 def tflite_sparsity(content: bytes) -> float:
   """Share of zeros in a TFLite model's Conv/FullyConnected weights (the
   Quantizer's measure: zero-point aware, through DEQUANTIZE ops)."""
-  from components.quantizer import quantization  # pylint: disable=g-import-not-at-top
+  from tfx_compression.components.quantizer import quantization  # pylint: disable=g-import-not-at-top
   return quantization.tflite_weight_sparsity(content)["sparsity"]
 
 
@@ -640,9 +640,8 @@ def keras_latency(paths: Mapping[str, str], features: Mapping[str, np.ndarray],
   not re-import the caller's main module as multiprocessing would), taking
   turns on each example. Returns ({role: seconds}, intra-op threads).
   """
-  import components  # pylint: disable=g-import-not-at-top
-  package_root = os.path.dirname(os.path.dirname(os.path.abspath(
-      components.__file__)))
+  from tfx_compression import components  # pylint: disable=g-import-not-at-top
+  components_dir = os.path.dirname(os.path.abspath(components.__file__))
   with tempfile.TemporaryDirectory(prefix="latency-") as tmp:
     np.savez(os.path.join(tmp, "features.npz"),
              **{k: np.asarray(v) for k, v in features.items()})
@@ -654,15 +653,18 @@ def keras_latency(paths: Mapping[str, str], features: Mapping[str, np.ndarray],
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
                TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
     # The child needs this module and components.common only. Registering
-    # the `components` package without running its __init__ (which imports
-    # the TFX components) saves seconds of imports per evaluation.
-    code = ("import sys, types; pkg = types.ModuleType('components'); "
-            "pkg.__path__ = [sys.argv[2]]; sys.modules['components'] = pkg; "
-            "from components.compression_evaluator import evaluation; "
-            "evaluation._latency_main(sys.argv[1])")
+    # the packages without running their __init__ (which imports the TFX
+    # components) saves seconds of imports per evaluation.
+    code = ("import sys, types; top = types.ModuleType('tfx_compression'); "
+            "top.__path__ = []; pkg = types.ModuleType("
+            "'tfx_compression.components'); pkg.__path__ = [sys.argv[2]]; "
+            "sys.modules['tfx_compression'] = top; "
+            "sys.modules['tfx_compression.components'] = pkg; "
+            "from tfx_compression.components.compression_evaluator import "
+            "evaluation; evaluation._latency_main(sys.argv[1])")
     proc = subprocess.run(
         [sys.executable, "-c", code, os.path.join(tmp, "args.json"),
-         os.path.join(package_root, "components")],
+         components_dir],
         env=env, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
       raise EvaluationError(

@@ -21,11 +21,11 @@ from tfx import types
 from tfx.components.util import model_utils
 from tfx.dsl.components.base import base_beam_executor
 
-from components.common import artifacts
-from components.common import model_io
-from components.compression_evaluator import config as config_lib
-from components.compression_evaluator import evaluation as evaluation_lib
-from components.compression_evaluator import report as report_lib
+from tfx_compression.components.common import artifacts
+from tfx_compression.components.common import model_io
+from tfx_compression.components.compression_evaluator import config as config_lib
+from tfx_compression.components.compression_evaluator import evaluation as evaluation_lib
+from tfx_compression.components.compression_evaluator import report as report_lib
 
 # File and property names of TFX's Evaluator (tfx/components/evaluator/
 # constants.py), which the Pusher reads through model_utils.is_model_blessed.

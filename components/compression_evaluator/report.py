@@ -16,7 +16,7 @@ import json
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from components.common import thresholds as thresholds_lib
+from tfx_compression.components.common import thresholds as thresholds_lib
 
 JSON_NAME = "report.json"
 MARKDOWN_NAME = "report.md"

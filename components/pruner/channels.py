@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from components.common import signatures as signatures_lib
+from tfx_compression.components.common import signatures as signatures_lib
 
 # tf_keras has no public API for the functional graph: it is read through
 # Model._nodes_by_depth, _input_layers, _nested_inputs/_nested_outputs.

@@ -10,9 +10,9 @@ from tfx.types.component_spec import ChannelParameter
 from tfx.types.component_spec import ComponentSpec
 from tfx.types.component_spec import ExecutionParameter
 
-from components.common import artifacts
-from components.pruner import config as config_lib
-from components.pruner import executor
+from tfx_compression.components.common import artifacts
+from tfx_compression.components.pruner import config as config_lib
+from tfx_compression.components.pruner import executor
 
 # Inputs and outputs (defined with the executor, which reads them).
 MODEL_KEY = executor.MODEL_KEY
@@ -156,7 +156,7 @@ class Pruner(base_component.BaseComponent):
       end_step, frequency, sparsity_structure, include_layers, exclude_layers,
       channel_ranking, channel_norm, finetune_steps, train_steps, epochs,
       batch_size, learning_rate, seed, train_split, eval_split, module_file:
-        see :class:`components.pruner.config.PrunerConfig`. Layer patterns may
+        see :class:`tfx_compression.components.pruner.config.PrunerConfig`. Layer patterns may
         be a list or a comma-separated string.
       search_sparsities: turns on the iterative search: sparsities to try in
         rising order (list or '0.5,0.6,0.7'); the sparsest step that passes

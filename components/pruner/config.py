@@ -16,8 +16,8 @@ import math
 import re
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from components.common import checks
-from components.common import thresholds as thresholds_lib
+from tfx_compression.components.common import checks
+from tfx_compression.components.common import thresholds as thresholds_lib
 
 SCHEDULES = ("polynomial", "constant")
 UNSTRUCTURED = "unstructured"

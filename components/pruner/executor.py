@@ -10,13 +10,13 @@ from tfx import types
 from tfx.dsl.components.base import base_executor
 from tfx.utils import import_utils
 
-from components.common import artifacts
-from components.common import features
-from components.common import model_io
-from components.common import model_stats
-from components.pruner import config as config_lib
-from components.pruner import pruning
-from components.pruner import search
+from tfx_compression.components.common import artifacts
+from tfx_compression.components.common import features
+from tfx_compression.components.common import model_io
+from tfx_compression.components.common import model_stats
+from tfx_compression.components.pruner import config as config_lib
+from tfx_compression.components.pruner import pruning
+from tfx_compression.components.pruner import search
 
 # Input and output keys (component.py re-exports them for the spec).
 MODEL_KEY = "model"

@@ -35,9 +35,9 @@ import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
-from components.common import model_io
-from components.common import model_stats
-from components.pruner import config as config_lib
+from tfx_compression.components.common import model_io
+from tfx_compression.components.common import model_stats
+from tfx_compression.components.pruner import config as config_lib
 
 _sparsity = tfmot.sparsity.keras
 
@@ -234,7 +234,7 @@ def clone_model(model):
     # `model.tft_layer` when the Trainer used Transform) stops Keras' cloning,
     # which serializes every tracked layer. Rebuild the graph from its nodes
     # instead: new layers, the same weights, the attached layer left out.
-    from components.pruner import channels  # pylint: disable=g-import-not-at-top
+    from tfx_compression.components.pruner import channels  # pylint: disable=g-import-not-at-top
     clone = channels.rebuild_narrow(channels.analyze(model), {})
     logging.info("Cloned %s from its graph (a layer outside the graph has no "
                  "config).", model.name)
@@ -838,7 +838,7 @@ def _check_result(pruned, layers, stats, config) -> None:
 
 def _prune_channels(plain, train_ds, config, steps, loss, eval_ds):
   """Structured channel pruning (components/pruner/channels.py)."""
-  from components.pruner import channels  # pylint: disable=g-import-not-at-top
+  from tfx_compression.components.pruner import channels  # pylint: disable=g-import-not-at-top
   begin, end, freq = config.schedule_steps(steps)
   result = channels.prune_channels(
       plain, train_ds, target_sparsity=config.target_sparsity,
@@ -915,7 +915,7 @@ def export_pruned(result, original, path: str,
   structure = getattr(result, "structure", None)
   pruned = getattr(result, "model", result)
   if structure == config_lib.CHANNELS:
-    from components.pruner import channels  # pylint: disable=g-import-not-at-top
+    from tfx_compression.components.pruner import channels  # pylint: disable=g-import-not-at-top
     channels.export_narrow_model(pruned, original, path,
                                  sample_serialized_examples,
                                  label_key=label_key)

@@ -3,7 +3,7 @@
 Each step continues from the previous step's weights (the run costs one fine-tuning
 per step, not a growing sum), then the model is evaluated on the eval split with the
 same metric and threshold rules as the CompressionEvaluator
-(:class:`components.common.thresholds.GateThresholds`) against the baseline's value on
+(:class:`tfx_compression.components.common.thresholds.GateThresholds`) against the baseline's value on
 the same split. The search stops at the first step that fails and returns the last
 step that passed, the very model object that was evaluated. If even the first step
 fails, it raises :class:`SearchError` with that step's figures and emits nothing.
@@ -28,11 +28,11 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from components.common import metrics as metrics_lib
-from components.common import model_stats
-from components.common import thresholds as thresholds_lib
-from components.pruner import config as config_lib
-from components.pruner import pruning
+from tfx_compression.components.common import metrics as metrics_lib
+from tfx_compression.components.common import model_stats
+from tfx_compression.components.common import thresholds as thresholds_lib
+from tfx_compression.components.pruner import config as config_lib
+from tfx_compression.components.pruner import pruning
 
 SEARCH_FILENAME = "pruning_search.json"
 
@@ -268,7 +268,7 @@ def _stage(current, train_ds, config: config_lib.PrunerConfig, sparsity: float,
   steps = config.stage_steps()
   seed = config.seed + index
   if config.sparsity_structure == config_lib.CHANNELS:
-    from components.pruner import channels  # pylint: disable=g-import-not-at-top
+    from tfx_compression.components.pruner import channels  # pylint: disable=g-import-not-at-top
     begin, end, freq = config_lib.resolve_schedule(steps, 0, None, None)
     result = channels.prune_channels(
         current, train_ds, target_sparsity=sparsity,

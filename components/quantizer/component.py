@@ -21,10 +21,10 @@ from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter
 from tfx.types.component_spec import ExecutionParameter
 
-from components.common import artifacts
-from components.quantizer import executor
-from components.quantizer.config import MODES
-from components.quantizer.config import QuantizerConfig
+from tfx_compression.components.common import artifacts
+from tfx_compression.components.quantizer import executor
+from tfx_compression.components.quantizer.config import MODES
+from tfx_compression.components.quantizer.config import QuantizerConfig
 
 MODEL_KEY = executor.MODEL_KEY
 EXAMPLES_KEY = executor.EXAMPLES_KEY

@@ -9,10 +9,10 @@ from tfx import types
 from tfx.dsl.components.base import base_executor
 from tfx.utils import import_utils
 
-from components.common import artifacts
-from components.common import model_io
-from components.quantizer import quantization
-from components.quantizer.config import QuantizerConfig
+from tfx_compression.components.common import artifacts
+from tfx_compression.components.common import model_io
+from tfx_compression.components.quantizer import quantization
+from tfx_compression.components.quantizer.config import QuantizerConfig
 
 # Keys of the component spec (component.py re-exports them).
 MODEL_KEY = "model"

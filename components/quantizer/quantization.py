@@ -28,11 +28,11 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from components.common import features as features_lib
-from components.common import model_stats
-from components.quantizer import packing
-from components.quantizer.config import DATA_MODES
-from components.quantizer.config import QuantizerConfig
+from tfx_compression.components.common import features as features_lib
+from tfx_compression.components.common import model_stats
+from tfx_compression.components.quantizer import packing
+from tfx_compression.components.quantizer.config import DATA_MODES
+from tfx_compression.components.quantizer.config import QuantizerConfig
 
 SIGNATURE_KEY = "serving_default"
 TFLITE_BATCH_SIZE = 1

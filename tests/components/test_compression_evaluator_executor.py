@@ -14,10 +14,10 @@ from tfx.proto import pusher_pb2
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
-from components.common import features
-from components.compression_evaluator import evaluation
-from components.compression_evaluator import executor
-from pipelines.trainers import digits_trainer
+from tfx_compression.components.common import features
+from tfx_compression.components.compression_evaluator import evaluation
+from tfx_compression.components.compression_evaluator import executor
+from tfx_compression.pipelines.trainers import digits_trainer
 from tests import fixtures
 
 
@@ -87,7 +87,7 @@ def perturbed_model_artifact(trained_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tflite_artifact(model_artifact, tmp_path_factory):
   """The fixture model as a full-integer TFLite model, as the Quantizer writes it."""
-  from components.common import model_io  # pylint: disable=g-import-not-at-top
+  from tfx_compression.components.common import model_io  # pylint: disable=g-import-not-at-top
   model = model_io.load_keras_model(
       os.path.join(model_artifact.uri, "Format-Serving"))
   specs = {k: tf.TensorSpec([1, 1], tf.float32, name=k)
@@ -309,7 +309,7 @@ class TestComponent:
                 schema=ch(standard_artifacts.Schema))
 
   def test_wires_outputs_and_parameters(self):
-    from components import CompressionEvaluator  # pylint: disable=g-import-not-at-top
+    from tfx_compression import CompressionEvaluator  # pylint: disable=g-import-not-at-top
     c = CompressionEvaluator(label_key="label", max_drop=0.01, min_value=1,
                              **self._channels())
     assert set(c.outputs) == {"blessing", "evaluation"}
@@ -326,13 +326,13 @@ class TestComponent:
       ({"max_drop": "0.01"}, TypeError, "max_drop"),
   ])
   def test_bad_parameters_fail_at_definition(self, params, error, match):
-    from components import CompressionEvaluator  # pylint: disable=g-import-not-at-top
+    from tfx_compression import CompressionEvaluator  # pylint: disable=g-import-not-at-top
     with pytest.raises(error, match=match):
       CompressionEvaluator(label_key="label", **params, **self._channels())
 
   def test_runtime_parameter_is_checked_at_run_time(self):
     from tfx.orchestration import data_types  # pylint: disable=g-import-not-at-top
-    from components import CompressionEvaluator  # pylint: disable=g-import-not-at-top
+    from tfx_compression import CompressionEvaluator  # pylint: disable=g-import-not-at-top
     drop = data_types.RuntimeParameter(name="max_drop", ptype=float, default=0.01)
     c = CompressionEvaluator(label_key="label", max_drop=drop, **self._channels())
     assert c.exec_properties["max_drop"] is drop

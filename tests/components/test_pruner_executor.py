@@ -15,11 +15,11 @@ from tfx import types
 from tfx.orchestration import data_types
 from tfx.types import standard_artifacts
 
-from components.common import features
-from components.common import model_io
-from components.pruner import component
-from components.pruner import executor
-from components.pruner import pruning
+from tfx_compression.components.common import features
+from tfx_compression.components.common import model_io
+from tfx_compression.components.pruner import component
+from tfx_compression.components.pruner import executor
+from tfx_compression.components.pruner import pruning
 from tests import fixtures
 
 PRUNED = ["conv1", "conv2", "dense1", "probabilities"]
@@ -316,7 +316,7 @@ def test_component_wires_and_encodes():
 def test_search_emits_the_chosen_step_with_its_curve(tmp_path, model_artifact,
                                                      examples_artifact,
                                                      schema_artifact):
-  from components.pruner import search
+  from tfx_compression.components.pruner import search
   out, run = _run(tmp_path, model_artifact, examples_artifact, schema_artifact,
                   search_sparsities="0.5,0.7,0.95", search_steps=30,
                   max_drop=0.03)
@@ -341,7 +341,7 @@ def test_search_emits_the_chosen_step_with_its_curve(tmp_path, model_artifact,
 def test_search_whose_first_step_fails_emits_nothing(tmp_path, model_artifact,
                                                      examples_artifact,
                                                      schema_artifact):
-  from components.pruner import search
+  from tfx_compression.components.pruner import search
   with pytest.raises(search.SearchError, match="first step") as e:
     _run(tmp_path, model_artifact, examples_artifact, schema_artifact,
          search_sparsities="0.5,0.7", search_steps=20, min_value=1.01)

@@ -11,12 +11,12 @@ from tfx.orchestration import data_types
 from tfx.types import channel_utils
 from tfx.types import standard_artifacts
 
-from components import Quantizer
-from components.common import artifacts
-from components.common import features
-from components.common import model_io
-from components.quantizer import executor as executor_lib
-from components.quantizer import quantization
+from tfx_compression import Quantizer
+from tfx_compression.components.common import artifacts
+from tfx_compression.components.common import features
+from tfx_compression.components.common import model_io
+from tfx_compression.components.quantizer import executor as executor_lib
+from tfx_compression.components.quantizer import quantization
 from tests import fixtures
 
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipelines import summary
+from tfx_compression.pipelines import summary
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +22,7 @@ NODES = {"CsvExampleGen", "StatisticsGen", "SchemaGen", "Trainer", "Pruner",
 
 
 def run_demo(out, *extra):
-  cmd = [sys.executable, "-m", "pipelines.local_runner", "--output-dir", str(out),
+  cmd = [sys.executable, "-m", "tfx_compression.pipelines.local_runner", "--output-dir", str(out),
          *FAST, *extra]
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
 

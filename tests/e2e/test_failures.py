@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from tfx import v1 as tfx
 
-from components.common import model_io
-from pipelines import digits_data, pipeline as pipeline_lib, summary
+from tfx_compression.components.common import model_io
+from tfx_compression.pipelines import digits_data, pipeline as pipeline_lib, summary
 
 pytestmark = pytest.mark.e2e
 
@@ -113,7 +113,7 @@ def test_same_seed_same_mask_same_accuracy(workdir):
 def test_killed_in_the_pruner_then_rerun_completes(tmp_path):
   """SIGKILL while the Pruner runs; the same command then completes from cache."""
   out = tmp_path / "crash"
-  cmd = [sys.executable, "-m", "pipelines.local_runner", "--output-dir", str(out),
+  cmd = [sys.executable, "-m", "tfx_compression.pipelines.local_runner", "--output-dir", str(out),
          "--train-steps", "300", "--prune-steps", "2000"]
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)

@@ -23,8 +23,8 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from components import CompressionEvaluator, Pruner, Quantizer
-from pipelines import kubeflow_runner
+from tfx_compression import CompressionEvaluator, Pruner, Quantizer
+from tfx_compression.pipelines import kubeflow_runner
 from tests import fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -117,7 +117,7 @@ def test_every_step_runs_the_image_with_the_v2_entrypoint(compiled):
   # The Trainer runs the demo module from the package installed in the image.
   trainer = compiled["spec"]["root"]["dag"]["tasks"]["Trainer"]["inputs"]["parameters"]
   assert trainer["run_fn"]["runtimeValue"]["constant"] == (
-      "pipelines.trainers.digits_trainer.run_fn")
+      "tfx_compression.pipelines.trainers.digits_trainer.run_fn")
   assert "module_file" not in trainer and "module_path" not in trainer
 
 
@@ -408,7 +408,7 @@ def test_pruner_then_quantizer_through_the_kubeflow_entrypoint(
   invocation = executor_input(spec, "Pruner", upstream, run_values, root)
   proc = run_step(spec, "Pruner", invocation, str(workdir))
   assert proc.returncode == 0, proc.stderr[-5000:]
-  assert "Executor components.pruner.executor.Executor do" in proc.stderr
+  assert "Executor tfx_compression.components.pruner.executor.Executor do" in proc.stderr
 
   # The executor output metadata Kubeflow reads: our artifacts, with their
   # custom properties, at the URIs it asked for.
@@ -422,7 +422,7 @@ def test_pruner_then_quantizer_through_the_kubeflow_entrypoint(
   assert os.listdir(os.path.join(root, "Pruner", "model_run"))
 
   # The pruned SavedModel really is that sparse.
-  from components.common import model_io, model_stats  # pylint: disable=g-import-not-at-top
+  from tfx_compression.components.common import model_io, model_stats  # pylint: disable=g-import-not-at-top
   model = model_io.load_keras_model(model_io.serving_dir(pruned["uri"]), "model")
   measured = model_stats.sparsity_stats(model)["sparsity"]
   assert measured == pytest.approx(pruned["metadata"]["sparsity"], abs=1e-6)

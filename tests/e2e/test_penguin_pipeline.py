@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from pipelines import summary
+from tfx_compression.pipelines import summary
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +20,7 @@ NAME = "penguin_compression"
 
 
 def run(out, *extra):
-  cmd = [sys.executable, "-m", "pipelines.penguin_pipeline", "--output-dir", str(out),
+  cmd = [sys.executable, "-m", "tfx_compression.pipelines.penguin_pipeline", "--output-dir", str(out),
          "--train-steps", "200", *extra]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
   assert proc.returncode == 0, proc.stderr[-4000:]
@@ -77,7 +77,7 @@ def test_stock_evaluator_refusal_blocks_the_compressed_push(first, out):
 def test_compiles_for_kubeflow(tmp_path):
   """The same penguin pipeline compiles for Kubeflow V2 with our components in it."""
   proc = subprocess.run(
-      [sys.executable, "-m", "pipelines.penguin_pipeline", "--output-dir",
+      [sys.executable, "-m", "tfx_compression.pipelines.penguin_pipeline", "--output-dir",
        str(tmp_path), "--kubeflow-image", "gcr.io/p/tfx-compression:0.1.0",
        "--pipeline-root", "gs://bucket/root", "--data-root", "gs://bucket/penguin"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -89,14 +89,14 @@ def test_compiles_for_kubeflow(tmp_path):
   from kfp.pipeline_spec import pipeline_spec_pb2
   spec = json_format.ParseDict(job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
   executors = json.dumps(job["pipelineSpec"]["deploymentSpec"])
-  for name in ["components.pruner.executor.Executor",
-               "components.quantizer.executor.Executor",
-               "components.compression_evaluator.executor.Executor",
+  for name in ["tfx_compression.components.pruner.executor.Executor",
+               "tfx_compression.components.quantizer.executor.Executor",
+               "tfx_compression.components.compression_evaluator.executor.Executor",
                "tfx.components.evaluator.executor.Executor"]:
     assert name in executors, name
   images = {e["container"]["image"] for e in
             job["pipelineSpec"]["deploymentSpec"]["executors"].values()
             if "container" in e}
   assert images == {"gcr.io/p/tfx-compression:0.1.0"}
-  assert "pipelines.trainers.penguin_trainer.run_fn" in json.dumps(job)
+  assert "tfx_compression.pipelines.trainers.penguin_trainer.run_fn" in json.dumps(job)
   assert spec.root.dag.tasks  # parsed back with kfp's own proto

@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def run(*args):
-  return subprocess.run([sys.executable, "-m", "pipelines.local_runner", *args],
+  return subprocess.run([sys.executable, "-m", "tfx_compression.pipelines.local_runner", *args],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -57,5 +57,5 @@ def test_unwritable_output_dir(tmp_path):
 
 
 def test_quantization_choices_match_the_pipeline():
-  from pipelines import local_runner, pipeline
+  from tfx_compression.pipelines import local_runner, pipeline
   assert local_runner.QUANTIZATION_CHOICES == pipeline.QUANTIZATION_CHOICES

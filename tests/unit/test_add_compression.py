@@ -4,7 +4,7 @@ import pytest
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
-from components import add_compression
+from tfx_compression import add_compression
 
 
 def channel(artifact_type):

@@ -8,10 +8,10 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from components.common import model_io
-from components.common import signatures as signatures_lib
-from components.pruner import channels
-from pipelines.trainers import digits_trainer
+from tfx_compression.components.common import model_io
+from tfx_compression.components.common import signatures as signatures_lib
+from tfx_compression.components.pruner import channels
+from tfx_compression.pipelines.trainers import digits_trainer
 from tests import fixtures
 
 L = keras.layers

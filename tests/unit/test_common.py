@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.common import features, model_io, model_stats, thresholds
+from tfx_compression.components.common import features, model_io, model_stats, thresholds
 from tests import fixtures
 
 

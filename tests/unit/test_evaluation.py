@@ -11,9 +11,9 @@ from sklearn import metrics as skm
 import tensorflow as tf
 import tf_keras as keras
 
-from components.common import thresholds
-from components.compression_evaluator import config as config_lib
-from components.compression_evaluator import evaluation as ev
+from tfx_compression.components.common import thresholds
+from tfx_compression.components.compression_evaluator import config as config_lib
+from tfx_compression.components.compression_evaluator import evaluation as ev
 
 SEED = 7
 

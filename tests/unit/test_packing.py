@@ -5,10 +5,10 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from components.compression_evaluator import evaluation
-from components.quantizer import packing
-from components.quantizer import quantization
-from components.quantizer.config import QuantizerConfig
+from tfx_compression.components.compression_evaluator import evaluation
+from tfx_compression.components.quantizer import packing
+from tfx_compression.components.quantizer import quantization
+from tfx_compression.components.quantizer.config import QuantizerConfig
 from tests.unit.test_quantization import tiny_batches
 from tests.unit.test_quantization import tiny_dataset
 

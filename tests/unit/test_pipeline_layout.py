@@ -2,8 +2,8 @@
 
 import os
 
-from pipelines import penguin_pipeline
-from pipelines import pipeline
+from tfx_compression.pipelines import penguin_pipeline
+from tfx_compression.pipelines import pipeline
 
 
 def test_trainer_modules_are_packaged_without_the_runners():
@@ -18,7 +18,7 @@ def test_trainer_modules_are_packaged_without_the_runners():
 
 def test_kubeflow_trainer_paths_import():
   import importlib  # pylint: disable=g-import-not-at-top
-  from pipelines import kubeflow_runner  # pylint: disable=g-import-not-at-top
+  from tfx_compression.pipelines import kubeflow_runner  # pylint: disable=g-import-not-at-top
   for dotted in (kubeflow_runner.TRAINER_RUN_FN,
                  penguin_pipeline.TRAINER_MODULE + ".run_fn"):
     module, name = dotted.rsplit(".", 1)

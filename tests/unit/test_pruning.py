@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from components.pruner import config as config_lib
-from components.pruner import pruning
-from components.pruner.config import PrunerConfig
+from tfx_compression.components.pruner import config as config_lib
+from tfx_compression.components.pruner import pruning
+from tfx_compression.components.pruner.config import PrunerConfig
 
 STEPS = 40
 

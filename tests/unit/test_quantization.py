@@ -11,11 +11,11 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from components.common import features
-from components.common import model_stats
-from components.quantizer import quantization
-from components.quantizer.config import MODES
-from components.quantizer.config import QuantizerConfig
+from tfx_compression.components.common import features
+from tfx_compression.components.common import model_stats
+from tfx_compression.components.quantizer import quantization
+from tfx_compression.components.quantizer.config import MODES
+from tfx_compression.components.quantizer.config import QuantizerConfig
 from tests import fixtures
 
 

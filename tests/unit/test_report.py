@@ -6,9 +6,9 @@ import re
 import numpy as np
 import pytest
 
-from components.common import thresholds
-from components.compression_evaluator import evaluation as ev
-from components.compression_evaluator import report
+from tfx_compression.components.common import thresholds
+from tfx_compression.components.compression_evaluator import evaluation as ev
+from tfx_compression.components.compression_evaluator import report
 
 
 def make_report(candidate_acc=0.9, gate=None, search=None, nonfinite=0,

@@ -5,10 +5,10 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from components.common import thresholds
-from components.pruner import config as config_lib
-from components.pruner import pruning
-from components.pruner import search
+from tfx_compression.components.common import thresholds
+from tfx_compression.components.pruner import config as config_lib
+from tfx_compression.components.pruner import pruning
+from tfx_compression.components.pruner import search
 
 
 def tiny_data(n=256, seed=0):
@@ -152,7 +152,7 @@ class TestConfig:
   def test_component_rejects_at_definition(self):
     from tfx import v1 as tfx
     from tfx.types import standard_artifacts
-    from components import Pruner
+    from tfx_compression import Pruner
     with pytest.raises(ValueError, match="max_relative_drop"):
       Pruner(model=tfx.dsl.Channel(type=standard_artifacts.Model),
              examples=tfx.dsl.Channel(type=standard_artifacts.Examples),
