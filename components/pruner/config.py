@@ -18,18 +18,13 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from tfx_compression.components.common import checks
 from tfx_compression.components.common import thresholds as thresholds_lib
+from tfx_compression.components.pruner import schedules
+from tfx_compression.components.pruner.schedules import resolve_schedule
 
-SCHEDULES = ("polynomial", "constant")
 UNSTRUCTURED = "unstructured"
 CHANNELS = "channels"
 CHANNEL_RANKINGS = ("per_layer", "global")
 CHANNEL_NORMS = ("l1", "l2")
-DEFAULT_TRAIN_STEPS = 300
-# The share of the fine-tuning during which the sparsity ramps up when end_step
-# is not given; the remaining steps recover accuracy at the target sparsity.
-RAMP_FRACTION = 0.7
-# Mask updates over the ramp when frequency is not given.
-MASK_UPDATES = 20
 
 _M_BY_N = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 _STRUCTURES_HELP = ("'unstructured', 'channels', or an M:N block such as '2:4' "
@@ -112,9 +107,10 @@ class PrunerConfig:
     begin_step: fine-tuning steps before the first mask update (0 = at the
       first step).
     end_step: the step of the last mask update, where the target is reached.
-      None: ``RAMP_FRACTION`` of the steps, leaving the rest to recover.
+      None: ``schedules.RAMP_FRACTION`` of the steps, leaving the rest to
+      recover.
     frequency: steps between mask updates. None: the ramp split into about
-      ``MASK_UPDATES`` updates.
+      ``schedules.MASK_UPDATES`` updates.
     sparsity_structure: 'unstructured', 'channels' or 'M:N' (e.g. '2:4').
     include_layers: fnmatch patterns of layer names to prune (empty: every
       layer tfmot can prune).
@@ -123,8 +119,8 @@ class PrunerConfig:
     channel_norm: 'l1' or 'l2' channel importance ('channels').
     finetune_steps: fine-tuning steps after the channels are physically
       removed ('channels'), at a learning rate decaying to zero (cosine).
-    train_steps: fine-tuning steps (default ``DEFAULT_TRAIN_STEPS``); exclusive
-      with ``epochs``.
+    train_steps: fine-tuning steps (default
+      ``schedules.DEFAULT_TRAIN_STEPS``); exclusive with ``epochs``.
     epochs: passes over the train split instead of ``train_steps``.
     batch_size: examples per step.
     learning_rate: Adam learning rate of the fine-tuning. 1e-3 (Adam's
@@ -216,8 +212,9 @@ class PrunerConfig:
           f"`initial_sparsity`={self.initial_sparsity} is above "
           f"`target_sparsity`={self.target_sparsity}: the schedule only "
           "raises sparsity. Use an initial_sparsity <= target_sparsity.")
-    if self.schedule not in SCHEDULES:
-      raise ValueError(f"`schedule`={self.schedule!r} is not one of {SCHEDULES}. "
+    if self.schedule not in schedules.SCHEDULES:
+      raise ValueError(f"`schedule`={self.schedule!r} is not one of "
+                       f"{schedules.SCHEDULES}. "
                        "Use 'polynomial' (ramp up) or 'constant'.")
 
   def _validate_structure(self):
@@ -351,7 +348,7 @@ class PrunerConfig:
     """
     if self.search_steps:
       return self.search_steps
-    return max(2, (self.train_steps or DEFAULT_TRAIN_STEPS) // 2)
+    return max(2, (self.train_steps or schedules.DEFAULT_TRAIN_STEPS) // 2)
 
   def check_data_inputs(self, has_schema: bool, has_transform: bool) -> None:
     """Checks the data inputs can feed the model (component and executor).
@@ -394,7 +391,7 @@ class PrunerConfig:
       train_examples: examples in the train split; needed with ``epochs``.
     """
     if self.epochs is None:
-      return self.train_steps or DEFAULT_TRAIN_STEPS
+      return self.train_steps or schedules.DEFAULT_TRAIN_STEPS
     if not train_examples:
       raise ValueError("`epochs` is set, so the number of train examples is "
                        "needed to count the steps.")
@@ -427,46 +424,3 @@ class PrunerConfig:
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in params.items() if k in names and v is not None})
 
-
-def resolve_schedule(total_steps: int, begin_step: int = 0,
-                     end_step: Optional[int] = None,
-                     frequency: Optional[int] = None) -> Tuple[int, int, int]:
-  """(begin, end, frequency) with the automatic values filled in and checked.
-
-  Steps count from 0: a mask update "at step s" happens in the (s+1)-th
-  optimizer step, so ``end_step`` must be below ``total_steps``.
-
-  Example:
-
-      resolve_schedule(300)  # -> (0, 210, 10)
-  """
-  if total_steps < begin_step + 2:
-    raise ValueError(
-        f"The fine-tuning has {total_steps} step(s), too few for `begin_step`="
-        f"{begin_step}: pruning needs at least begin_step + 2 steps. Raise "
-        "`train_steps` (or `epochs`) or lower `begin_step`.")
-  available = total_steps - 1 - begin_step
-  if frequency is not None and end_step is None and frequency > available:
-    raise ValueError(
-        f"`frequency`={frequency} is more than the {available} step(s) "
-        f"available after `begin_step`={begin_step} in {total_steps} "
-        "fine-tuning steps. Lower `frequency` or raise `train_steps`.")
-  if end_step is None:
-    span = max(1, int(round(RAMP_FRACTION * (total_steps - begin_step))))
-    span = min(span, available)
-    if frequency is None:
-      frequency = max(1, span // MASK_UPDATES)
-    span = max(frequency, span - span % frequency)
-    end_step = begin_step + span
-  elif frequency is None:
-    span = end_step - begin_step
-    # The largest divisor of the span giving at least MASK_UPDATES updates,
-    # so the last update lands exactly on end_step.
-    frequency = max([d for d in range(1, span + 1)
-                     if span % d == 0 and span // d >= min(MASK_UPDATES, span)])
-  if end_step >= total_steps:
-    raise ValueError(
-        f"`end_step`={end_step} is not below the {total_steps} fine-tuning "
-        "steps, so the target sparsity would never be reached. Lower "
-        "`end_step` (or leave it unset), or raise `train_steps`/`epochs`.")
-  return begin_step, end_step, frequency

@@ -38,6 +38,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 from tfx_compression.components.common import model_io
 from tfx_compression.components.common import model_stats
 from tfx_compression.components.pruner import config as config_lib
+from tfx_compression.components.pruner import schedules
 
 _sparsity = tfmot.sparsity.keras
 
@@ -234,8 +235,11 @@ def clone_model(model):
     # `model.tft_layer` when the Trainer used Transform) stops Keras' cloning,
     # which serializes every tracked layer. Rebuild the graph from its nodes
     # instead: new layers, the same weights, the attached layer left out.
-    from tfx_compression.components.pruner import channels  # pylint: disable=g-import-not-at-top
-    clone = channels.rebuild_narrow(channels.analyze(model), {})
+    # pylint: disable=g-import-not-at-top
+    from tfx_compression.components.pruner import channel_graph
+    from tfx_compression.components.pruner import channel_rebuild
+    # pylint: enable=g-import-not-at-top
+    clone = channel_rebuild.rebuild_narrow(channel_graph.analyze(model), {})
     logging.info("Cloned %s from its graph (a layer outside the graph has no "
                  "config).", model.name)
     return clone
@@ -394,85 +398,6 @@ def deterministic(seed: int):
       tf_config.disable_op_determinism()
 
 
-def _epoch_length(steps: int) -> int:
-  """Steps per Keras epoch: a divisor of ``steps`` near a tenth of it.
-
-  tfmot's PruningSummaries logs at epoch starts, so a run of several epochs
-  shows the sparsity ramp in TensorBoard; epochs must tile the steps exactly.
-  """
-  divisors = [d for d in range(1, steps + 1) if steps % d == 0]
-  return min(divisors, key=lambda d: abs(math.log(d * 10 / steps)))
-
-
-def make_schedule(target_sparsity: float, initial_sparsity: float = 0.0,
-                  schedule: str = "polynomial", begin_step: int = 0,
-                  end_step: int = 1, frequency: int = 1):
-  """The tfmot schedule for steps counted from 0.
-
-  tfmot's step counter is 1 during the first optimizer step, so the steps are
-  shifted by one: begin_step=0 updates the mask in the very first step, and
-  the target is applied in step end_step + 1 (of 1..total).
-  """
-  if schedule == "constant":
-    return _sparsity.ConstantSparsity(target_sparsity, begin_step + 1,
-                                      end_step + 1, frequency)
-  if schedule == "polynomial":
-    return _sparsity.PolynomialDecay(initial_sparsity, target_sparsity,
-                                     begin_step + 1, end_step + 1,
-                                     frequency=frequency)
-  raise ValueError(f"`schedule`={schedule!r} is not one of "
-                   f"{config_lib.SCHEDULES}.")
-
-
-class StagedSchedule(_sparsity.PruningSchedule):
-  """A polynomial (or constant) tfmot schedule whose targets can be moved.
-
-  tfmot's schedules hold Python numbers, baked into the traced training step:
-  a new target means a new wrapped model and a new trace. This one keeps its
-  begin/end steps and sparsities in variables, so :class:`ContinuedPruning` can
-  move the target stage after stage on one wrapped, compiled model.
-  """
-
-  def __init__(self, schedule: str = "polynomial", frequency: int = 1,
-               power: int = 3):
-    if schedule not in config_lib.SCHEDULES:
-      raise ValueError(f"`schedule`={schedule!r} is not one of "
-                       f"{config_lib.SCHEDULES}.")
-    self.schedule = schedule
-    self.frequency = int(frequency)
-    self.power = power
-    self.begin_step = tf.Variable(1, dtype=tf.int64, trainable=False)
-    self.end_step = tf.Variable(2, dtype=tf.int64, trainable=False)
-    self.initial_sparsity = tf.Variable(0.0, dtype=tf.float32, trainable=False)
-    self.final_sparsity = tf.Variable(0.0, dtype=tf.float32, trainable=False)
-
-  def set_stage(self, initial_sparsity: float, target_sparsity: float,
-                begin_step: int, end_step: int) -> None:
-    """Steps as tfmot counts them (1 = the first optimizer step)."""
-    self.initial_sparsity.assign(initial_sparsity)
-    self.final_sparsity.assign(target_sparsity)
-    self.begin_step.assign(begin_step)
-    self.end_step.assign(max(end_step, begin_step + 1))
-
-  def __call__(self, step):
-    step = tf.cast(step, tf.int64)
-    if self.schedule == "constant":
-      sparsity = tf.identity(self.final_sparsity)
-    else:
-      p = tf.clip_by_value(
-          tf.cast(step - self.begin_step, tf.float32)
-          / tf.cast(self.end_step - self.begin_step, tf.float32), 0.0, 1.0)
-      sparsity = ((self.initial_sparsity - self.final_sparsity)
-                  * tf.pow(1.0 - p, self.power) + self.final_sparsity)
-    return (self._should_prune_in_step(step, self.begin_step, self.end_step,
-                                       self.frequency), sparsity)
-
-  def get_config(self):
-    return {"class_name": type(self).__name__,
-            "config": {"schedule": self.schedule, "frequency": self.frequency,
-                       "power": self.power}}
-
-
 class ContinuedPruning:
   """One wrapped, compiled model pruned further stage after stage.
 
@@ -512,7 +437,7 @@ class ContinuedPruning:
     self.model = self._plain
 
   def _build(self, frequency: int) -> None:
-    self._schedule = StagedSchedule(self._schedule_name, frequency)
+    self._schedule = schedules.StagedSchedule(self._schedule_name, frequency)
     with deterministic(self.seed):
       self._wrapped = _wrap(self._plain, self._layers,
                             {"pruning_schedule": self._schedule})
@@ -530,7 +455,7 @@ class ContinuedPruning:
     Returns:
       The plain model (the shared view) after the stage.
     """
-    begin, end, freq = config_lib.resolve_schedule(steps, 0, None, None)
+    begin, end, freq = schedules.resolve_schedule(steps, 0, None, None)
     if self._wrapped is None:
       self._build(freq)
     elif freq != self._schedule.frequency:
@@ -620,9 +545,9 @@ def prune_to(model, train_ds: tf.data.Dataset, *, target_sparsity: float,
       params = {"pruning_schedule": pruning_schedule,
                 "sparsity_m_by_n": tuple(m_by_n)}
     else:
-      begin, end, freq = config_lib.resolve_schedule(steps, begin_step,
+      begin, end, freq = schedules.resolve_schedule(steps, begin_step,
                                                      end_step, frequency)
-      params = {"pruning_schedule": make_schedule(
+      params = {"pruning_schedule": schedules.make_schedule(
           target_sparsity, initial_sparsity, schedule, begin, end, freq)}
       logging.info("Pruning %s to %.3f: %s schedule, mask updates at steps "
                    "%d..%d every %d, %d steps in all.", list(layers),
@@ -630,8 +555,8 @@ def prune_to(model, train_ds: tf.data.Dataset, *, target_sparsity: float,
     wrapped = _wrap(plain, layers, params)
     wrapped.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
                     loss=loss)
-    # Several epochs only serve the TensorBoard logs (see _epoch_length).
-    epoch = steps_per_epoch or (_epoch_length(steps) if log_dir else steps)
+    # Several epochs only serve the TensorBoard logs (see epoch_length).
+    epoch = steps_per_epoch or (schedules.epoch_length(steps) if log_dir else steps)
     if steps % epoch:
       raise ValueError(f"steps_per_epoch={epoch} does not divide steps={steps}.")
     cbs = [_sparsity.UpdatePruningStep(), _StopOnNonFiniteLoss(learning_rate)]

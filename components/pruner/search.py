@@ -33,6 +33,7 @@ from tfx_compression.components.common import model_stats
 from tfx_compression.components.common import thresholds as thresholds_lib
 from tfx_compression.components.pruner import config as config_lib
 from tfx_compression.components.pruner import pruning
+from tfx_compression.components.pruner import schedules
 
 SEARCH_FILENAME = "pruning_search.json"
 
@@ -269,7 +270,7 @@ def _stage(current, train_ds, config: config_lib.PrunerConfig, sparsity: float,
   seed = config.seed + index
   if config.sparsity_structure == config_lib.CHANNELS:
     from tfx_compression.components.pruner import channels  # pylint: disable=g-import-not-at-top
-    begin, end, freq = config_lib.resolve_schedule(steps, 0, None, None)
+    begin, end, freq = schedules.resolve_schedule(steps, 0, None, None)
     result = channels.prune_channels(
         current, train_ds, target_sparsity=sparsity,
         ranking=config.channel_ranking, norm=config.channel_norm,

@@ -10,7 +10,11 @@ import tf_keras as keras
 
 from tfx_compression.components.common import model_io
 from tfx_compression.components.common import signatures as signatures_lib
+from tfx_compression.components.pruner import channel_choice
+from tfx_compression.components.pruner import channel_graph
+from tfx_compression.components.pruner import channel_rebuild
 from tfx_compression.components.pruner import channels
+from tfx_compression.components.pruner import schedules
 from tfx_compression.pipelines.trainers import digits_trainer
 from tests import fixtures
 
@@ -141,13 +145,13 @@ def width(model, name):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_rebuild_matches_wide_model_with_channels_zeroed(name):
   model = build(MODELS[name])
-  graph = channels.analyze(model)
-  kept = channels.select_channels(model, graph, 0.5)
+  graph = channel_graph.analyze(model)
+  kept = channel_choice.select_channels(model, graph, 0.5)
   assert kept and all(v.size < graph.producers[k].ids.size
                       for k, v in kept.items())
-  wide = channels.rebuild_narrow(graph, {})
-  channels.zero_channels(wide, graph, kept)
-  narrow = channels.rebuild_narrow(graph, kept)
+  wide = channel_rebuild.rebuild_narrow(graph, {})
+  channel_rebuild.zero_channels(wide, graph, kept)
+  narrow = channel_rebuild.rebuild_narrow(graph, kept)
   x = sample_inputs(model)
   original, zeroed, got = model(x).numpy(), wide(x).numpy(), narrow(x).numpy()
   assert not np.allclose(original, zeroed, atol=1e-4), "nothing was zeroed"
@@ -155,29 +159,29 @@ def test_rebuild_matches_wide_model_with_channels_zeroed(name):
   for layer_name, idx in kept.items():
     assert width(narrow, layer_name) == idx.size
   assert narrow.count_params() < model.count_params()
-  assert channels.count_macs(narrow) < channels.count_macs(model)
+  assert channel_rebuild.count_macs(narrow) < channel_rebuild.count_macs(model)
   # The model passed in is never touched.
   np.testing.assert_allclose(model(x).numpy(), original)
 
 
 def test_joined_tensors_lose_the_same_channels():
   model = build(residual_concat)
-  graph = channels.analyze(model)
+  graph = channel_graph.analyze(model)
   assert ["a", "b"] in graph.components
-  kept = channels.select_channels(model, graph, 0.5)
+  kept = channel_choice.select_channels(model, graph, 0.5)
   np.testing.assert_array_equal(kept["a"], kept["b"])
-  narrow = channels.rebuild_narrow(graph, kept)
+  narrow = channel_rebuild.rebuild_narrow(graph, kept)
   # Concatenate of 4 kept 'a'/'b' channels and 2 kept 'c' channels, then x2.
   assert narrow.get_layer("dw").depthwise_kernel.shape[2] == 4 + 2
   assert narrow.get_layer("sep").pointwise_kernel.shape[2] == 12 * 2
-  with pytest.raises(channels.ChannelPruningError, match="disagree"):
-    channels.rebuild_narrow(graph, {"a": [0, 1], "b": [2, 3]})
+  with pytest.raises(channel_graph.ChannelPruningError, match="disagree"):
+    channel_rebuild.rebuild_narrow(graph, {"a": [0, 1], "b": [2, 3]})
 
 
 def test_dict_inputs_and_names_are_kept():
   model = build(dict_dense)
-  graph = channels.analyze(model)
-  narrow = channels.rebuild_narrow(graph, channels.select_channels(model, graph, 0.5))
+  graph = channel_graph.analyze(model)
+  narrow = channel_rebuild.rebuild_narrow(graph, channel_choice.select_channels(model, graph, 0.5))
   assert isinstance(narrow.input, dict) and sorted(narrow.input) == ["a", "b"]
   assert narrow.output_names == model.output_names
   assert (width(narrow, "h1"), width(narrow, "h2")) == (8, 4)
@@ -189,8 +193,8 @@ def test_half_of_two_consecutive_layers_leaves_a_quarter_between_them():
   y = L.Dense(64, activation="relu", name="d1")(x)
   y = L.Dense(64, activation="relu", name="d2")(y)
   model = keras.Model(x, L.Dense(3, name="out")(y))
-  graph = channels.analyze(model)
-  narrow = channels.rebuild_narrow(graph, channels.select_channels(model, graph, 0.5))
+  graph = channel_graph.analyze(model)
+  narrow = channel_rebuild.rebuild_narrow(graph, channel_choice.select_channels(model, graph, 0.5))
   assert narrow.get_layer("d2").kernel.shape == (32, 32)  # 64x64 -> a quarter
   assert narrow.get_layer("d1").kernel.shape == (20, 32)
   assert narrow.get_layer("out").kernel.shape == (32, 3)
@@ -204,8 +208,8 @@ def test_kept_channels_are_the_strongest_filters():
   kernel, bias = h1.get_weights()
   kernel[:, :8] *= 0.01  # The first 8 units become the weakest.
   h1.set_weights([kernel, bias])
-  graph = channels.analyze(model)
-  kept = channels.select_channels(model, graph, 0.5)
+  graph = channel_graph.analyze(model)
+  kept = channel_choice.select_channels(model, graph, 0.5)
   np.testing.assert_array_equal(kept["h1"], np.arange(8, 16))
 
 
@@ -217,8 +221,8 @@ def test_global_ranking_compares_layers_after_normalizing():
   h1.set_weights([kernel, bias])
   kernel, bias = h2.get_weights()
   h2.set_weights([kernel * 1e-3, bias])  # ...and a layer-wide scale, normalized away.
-  graph = channels.analyze(model)
-  kept = channels.select_channels(model, graph, 0.5, ranking="global")
+  graph = channel_graph.analyze(model)
+  kept = channel_choice.select_channels(model, graph, 0.5, ranking="global")
   assert sum(v.size for v in kept.values()) == 12  # Half of 16 + 8.
   assert not set(range(6)) & set(kept["h1"].tolist())
   assert kept["h2"].size > 1  # Raw norms would strip h2 down to one unit.
@@ -226,12 +230,12 @@ def test_global_ranking_compares_layers_after_normalizing():
 
 def test_global_ranking_keeps_one_channel_per_layer():
   model = build(dict_dense)
-  graph = channels.analyze(model)
-  kept = channels.select_channels(model, graph, 0.9, ranking="global")
+  graph = channel_graph.analyze(model)
+  kept = channel_choice.select_channels(model, graph, 0.9, ranking="global")
   assert {k: v.size for k, v in kept.items()} == {"h1": 1, "h2": 1}
-  with pytest.raises(channels.ChannelPruningError,
+  with pytest.raises(channel_graph.ChannelPruningError,
                      match=r"target_sparsity=0\.97 would keep 1 of the 24"):
-    channels.select_channels(model, graph, 0.97, ranking="global")
+    channel_choice.select_channels(model, graph, 0.97, ranking="global")
 
 
 def test_blocked_producer_is_skipped_with_reason_and_explicit_fails():
@@ -243,17 +247,17 @@ def test_blocked_producer_is_skipped_with_reason_and_explicit_fails():
   y = L.Flatten()(y)
   y = L.Dense(8, activation="relu", name="d1")(y)
   model = keras.Model(x, L.Dense(2, name="out")(y))
-  graph = channels.analyze(model)
+  graph = channel_graph.analyze(model)
   assert graph.prunable_layers() == ["c2", "d1"]
   assert "'double'" in graph.skipped["c1"] and "Lambda" in graph.skipped["c1"]
   assert "model output 'out'" in graph.skipped["out"]
-  with pytest.raises(channels.ChannelPruningError,
+  with pytest.raises(channel_graph.ChannelPruningError,
                      match=r"'c1'.*Lambda layer 'double'"):
-    channels.analyze(model, explicit_layers=["c1"])
-  with pytest.raises(channels.ChannelPruningError, match="'nope'.*not in model"):
-    channels.analyze(model, explicit_layers=["nope"])
+    channel_graph.analyze(model, explicit_layers=["c1"])
+  with pytest.raises(channel_graph.ChannelPruningError, match="'nope'.*not in model"):
+    channel_graph.analyze(model, explicit_layers=["nope"])
   # A layer the filter excludes is not pruned.
-  only = channels.analyze(model, layer_filter=lambda l: l.name == "d1")
+  only = channel_graph.analyze(model, layer_filter=lambda l: l.name == "d1")
   assert only.prunable_layers() == ["d1"]
 
 
@@ -263,7 +267,7 @@ def test_channels_that_reach_an_output_through_pooling_stay():
   y = L.Conv2D(4, 3, activation="relu", name="c1")(x)
   y = L.Conv2D(3, 3, name="c2")(y)
   model = keras.Model(x, L.GlobalAveragePooling2D(name="gap")(y))
-  graph = channels.analyze(model)
+  graph = channel_graph.analyze(model)
   assert graph.prunable_layers() == ["c1"]
   assert "model output 'gap'" in graph.skipped["c2"]
 
@@ -275,7 +279,7 @@ def test_residual_from_an_input_blocks_the_group():
   y = L.Add(name="add")([x, a])
   y = L.Conv2D(4, 3, name="keep")(y)
   model = keras.Model(x, L.Dense(2, name="out")(L.Flatten()(y)))
-  graph = channels.analyze(model)
+  graph = channel_graph.analyze(model)
   assert "'add'" in graph.skipped["a"]
   assert graph.prunable_layers() == ["keep"]
 
@@ -288,9 +292,9 @@ def test_residual_from_an_input_blocks_the_group():
 def test_model_without_prunable_layer_fails_clearly():
   x = keras.Input((4,))
   model = keras.Model(x, L.Dense(3, name="only")(x))
-  with pytest.raises(channels.ChannelPruningError,
+  with pytest.raises(channel_graph.ChannelPruningError,
                      match=r"no layer.*'only'.*model output.*unstructured"):
-    channels.analyze(model)
+    channel_graph.analyze(model)
 
 
 def test_subclassed_model_fails_clearly():
@@ -306,20 +310,20 @@ def test_subclassed_model_fails_clearly():
 
   model = Tiny()
   model(np.zeros((1, 4), np.float32))
-  with pytest.raises(channels.ChannelPruningError,
+  with pytest.raises(channel_graph.ChannelPruningError,
                      match="'tiny' is a subclassed model.*functional"):
-    channels.analyze(model)
+    channel_graph.analyze(model)
 
 
 def test_sparsity_leaving_zero_channels_names_layer_and_value():
   model = build(sequential_cnn)
-  graph = channels.analyze(model)
-  with pytest.raises(channels.ChannelPruningError,
+  graph = channel_graph.analyze(model)
+  with pytest.raises(channel_graph.ChannelPruningError,
                      match=r"target_sparsity=0\.95 would leave layer 'c1' "
                      r"\(8 channels\), 'c2' \(6 channels\) with 0 channels.*"
                      r"<= 0\.9166\b"):
-    channels.removal_targets(graph, 0.95)
-  assert channels.removal_targets(graph, 0.9166) == {0: 7, 1: 5, 2: 11}
+    channel_choice.removal_targets(graph, 0.95)
+  assert channel_choice.removal_targets(graph, 0.9166) == {0: 7, 1: 5, 2: 11}
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
@@ -353,12 +357,12 @@ def dense_data(n=64, seed=0):
 
 
 def test_schedule_ramps_to_the_target():
-  steps = channels.schedule_steps(20, begin_step=2, end_step=12, frequency=4)
+  steps = schedules.schedule_steps(20, begin_step=2, end_step=12, frequency=4)
   assert list(steps) == [2, 6, 10, 12]
   values = list(steps.values())
   assert values[0] == 0.0 and values[-1] == 1.0
   assert all(a < b for a, b in zip(values, values[1:]))
-  assert list(channels.schedule_steps(5, end_step=8, frequency=4)) == [0, 4]
+  assert list(schedules.schedule_steps(5, end_step=8, frequency=4)) == [0, 4]
 
 
 def test_prune_channels_gradually_then_fine_tunes():
@@ -370,7 +374,7 @@ def test_prune_channels_gradually_then_fine_tunes():
   def spy(self, fraction):
     # Channels masked earlier must still be exactly zero after training steps.
     dropped = self.dropped[self._graph.roots]
-    for name, norms in channels.channel_norms(self.model, self._graph).items():
+    for name, norms in channel_choice.channel_norms(self.model, self._graph).items():
       leaked.append(float(norms[dropped[self._graph.producers[name].ids]].sum()))
     original_update(self, fraction)
     seen.append(int(self.dropped.sum()))

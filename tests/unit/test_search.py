@@ -8,6 +8,7 @@ import tf_keras as keras
 from tfx_compression.components.common import thresholds
 from tfx_compression.components.pruner import config as config_lib
 from tfx_compression.components.pruner import pruning
+from tfx_compression.components.pruner import schedules
 from tfx_compression.components.pruner import search
 
 
@@ -185,7 +186,7 @@ def test_unstructured_steps_share_one_wrapped_model_and_emit_the_chosen_weights(
 
 
 def test_staged_schedule_moves_its_target_without_a_new_trace():
-  schedule = pruning.StagedSchedule("polynomial", frequency=10)
+  schedule = schedules.StagedSchedule("polynomial", frequency=10)
   schedule.set_stage(0.0, 0.5, begin_step=1, end_step=101)
   fn = tf.function(schedule)
   prune, sparsity = fn(tf.constant(101, tf.int64))

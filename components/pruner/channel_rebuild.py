@@ -1,0 +1,226 @@
+"""The narrow model: channel masks on the wide model, the rebuild without them, MACs.
+
+:func:`rebuild_narrow` builds a new functional model from the layer configs and
+copies the kept weight slices; before fine-tuning it computes exactly what the
+wide model with those channels zeroed (:func:`zero_channels`) computes.
+
+Example:
+
+    graph = channel_graph.analyze(model)
+    narrow = rebuild_narrow(graph, {"conv1": [0, 2, 5], "dense1": range(64)})
+"""
+
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from tfx_compression.components.pruner import channel_graph as graph_lib
+from tfx_compression.components.pruner.channel_choice import dropped_from_kept
+from tfx_compression.components.pruner.channel_graph import ChannelGraph
+from tfx_compression.components.pruner.channel_graph import ChannelPruningError
+from tfx_compression.components.pruner.channel_graph import layer_weights
+from tfx_compression.components.pruner.channel_graph import short_name
+
+# tf_keras has no public API for the functional graph (see channel_graph).
+# pylint: disable=protected-access
+
+def _keep_index(ids: Optional[np.ndarray], dropped: np.ndarray) -> Optional[np.ndarray]:
+  if ids is None:
+    return None
+  return np.where(~dropped[ids])[0]
+
+
+def weight_masks(graph: ChannelGraph, dropped: np.ndarray
+                 ) -> Dict[Tuple[str, str], np.ndarray]:
+  """(layer, weight) -> 0/1 mask broadcastable to that weight.
+
+  Covers the producing kernel slice and bias, and the per-channel parameters
+  of BatchNormalization and DepthwiseConv layers fed by pruned channels, so a
+  masked channel is exactly zero wherever it flows.
+  """
+  masks = {}
+  model = graph.model
+  for name in graph.prunable_layers():
+    keep = (~dropped[graph.producers[name].ids]).astype(np.float32)
+    for w in model.get_layer(name).weights:
+      s = short_name(w)
+      if s in ("kernel", "pointwise_kernel"):
+        masks[(name, s)] = keep.reshape((1,) * (len(w.shape) - 1) + (-1,))
+      elif s == "bias":
+        masks[(name, s)] = keep
+  for name, kind in graph.kinds.items():
+    ids = graph.input_ids.get(name)
+    if ids is None or kind not in ("batchnorm", "depthwise") or not ids.any():
+      continue
+    keep = (~dropped[ids]).astype(np.float32)
+    layer = model.get_layer(name)
+    for w in layer.weights:
+      s = short_name(w)
+      if kind == "batchnorm" and s in ("gamma", "beta", "moving_mean"):
+        masks[(name, s)] = keep
+      elif kind == "depthwise" and s == "depthwise_kernel":
+        masks[(name, s)] = keep.reshape((1,) * (len(w.shape) - 2) + (-1, 1))
+      elif kind == "depthwise" and s == "bias":
+        masks[(name, s)] = np.repeat(keep, layer.depth_multiplier)
+  return masks
+
+
+def zero_channels(model, graph: ChannelGraph,
+                  kept: Mapping[str, Sequence[int]]) -> None:
+  """Zeroes, in place, the channels not in ``kept`` (the 'zeroed wide' model).
+
+  The narrow model from :func:`rebuild_narrow` computes the same outputs.
+  """
+  dropped = dropped_from_kept(graph, kept)
+  for (name, s), mask in weight_masks(graph, dropped).items():
+    for w in model.get_layer(name).weights:
+      if short_name(w) == s:
+        w.assign(w.numpy() * mask)
+
+
+def _slice_weights(kind: str, layer, weights: Dict[str, np.ndarray],
+                   in_idx: Optional[np.ndarray], out_idx: Optional[np.ndarray]
+                   ) -> Dict[str, np.ndarray]:
+  """The kept slices of one layer's weights."""
+  w = dict(weights)
+  if kind == "producer":
+    if isinstance(layer, graph_lib.SEPARABLE):
+      mult = layer.depth_multiplier
+      if in_idx is not None:
+        w["depthwise_kernel"] = w["depthwise_kernel"][..., in_idx, :]
+        rows = (in_idx[:, None] * mult + np.arange(mult)).ravel()
+        w["pointwise_kernel"] = w["pointwise_kernel"][..., rows, :]
+      if out_idx is not None:
+        w["pointwise_kernel"] = w["pointwise_kernel"][..., out_idx]
+    else:
+      if in_idx is not None:
+        w["kernel"] = np.take(w["kernel"], in_idx, axis=-2)
+      if out_idx is not None:
+        w["kernel"] = w["kernel"][..., out_idx]
+    if out_idx is not None and "bias" in w:
+      w["bias"] = w["bias"][out_idx]
+  elif kind == "batchnorm" and in_idx is not None:
+    w = {k: v[in_idx] for k, v in w.items()}
+  elif kind == "depthwise" and in_idx is not None:
+    mult = layer.depth_multiplier
+    w["depthwise_kernel"] = w["depthwise_kernel"][..., in_idx, :]
+    if "bias" in w:
+      w["bias"] = w["bias"][(in_idx[:, None] * mult + np.arange(mult)).ravel()]
+  elif kind == "prelu" and in_idx is not None:
+    if w["alpha"].shape[-1] != 1:
+      w["alpha"] = w["alpha"][..., in_idx]
+  return w
+
+
+def rebuild_narrow(graph: ChannelGraph, kept: Mapping[str, Sequence[int]],
+                   model=None):
+  """A new functional model without the channels missing from ``kept``.
+
+  Example:
+
+      narrow = rebuild_narrow(graph, {"conv1": [0, 2, 5], "dense1": range(64)})
+
+  Args:
+    graph: from :func:`analyze` on a model of this architecture.
+    kept: layer -> output channels to keep; a prunable layer not listed keeps
+      all. ``{}`` gives an exact copy (new layers, copied weights).
+    model: where the weights come from; default ``graph.model``.
+
+  Returns:
+    A new tf_keras functional model (never sharing layers with ``model``), with
+    the same input and output names and structure.
+  """
+  model = graph.model if model is None else model
+  graph_lib.check_functional(model)
+  dropped = dropped_from_kept(graph, kept)
+  new_layers: Dict[str, Any] = {}
+  tensors: Dict[int, Any] = {}
+  for layer in model._input_layers:
+    new = keras.layers.InputLayer(**layer.get_config())
+    tensors[id(tf.nest.flatten(layer._inbound_nodes[0].outputs)[0])] = (
+        tf.nest.flatten(new._inbound_nodes[0].outputs)[0])
+  is_keras_tensor = keras.backend.is_keras_tensor
+  for node in graph_lib.node_list(model):
+    if node.is_input:
+      continue
+    layer = node.layer
+    if layer.name not in new_layers:
+      new_layers[layer.name] = _narrow_layer(graph, layer, dropped)
+    args, kwargs = tf.nest.map_structure(
+        lambda t: tensors[id(t)] if is_keras_tensor(t) else t,
+        (node.call_args, node.call_kwargs))
+    outputs = new_layers[layer.name](*args, **kwargs)
+    for old, new in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(outputs)):
+      tensors[id(old)] = new
+  inputs = tf.nest.map_structure(lambda t: tensors[id(t)], model._nested_inputs)
+  outputs = tf.nest.map_structure(lambda t: tensors[id(t)], model._nested_outputs)
+  narrow = keras.Model(inputs, outputs, name=model.name)
+  for name, new in new_layers.items():
+    old = model.get_layer(name)
+    kind = graph.kinds.get(name)
+    if kind is None or not old.weights:
+      new.set_weights(old.get_weights())
+      continue
+    in_idx = _keep_index(graph.input_ids.get(name), dropped)
+    out_idx = None
+    if name in graph.producers and name not in graph.skipped:
+      out_idx = np.where(~dropped[graph.producers[name].ids])[0]
+    sliced = _slice_weights(kind, old, layer_weights(model, name), in_idx,
+                            out_idx)
+    new.set_weights([sliced[short_name(w)] for w in new.weights])
+  return narrow
+
+
+def _narrow_layer(graph: ChannelGraph, layer, dropped: np.ndarray):
+  config = layer.get_config()
+  name = layer.name
+  if name in graph.producers and name not in graph.skipped:
+    n = int((~dropped[graph.producers[name].ids]).sum())
+    config["units" if isinstance(layer, graph_lib.DENSE) else "filters"] = n
+  elif (graph.kinds.get(name) == "reshape"
+        and graph.input_ids.get(name) is not None):
+    n = int((~dropped[graph.input_ids[name]]).sum())
+    config["target_shape"] = tuple(config["target_shape"][:-1]) + (n,)
+  try:
+    return type(layer).from_config(config)
+  except (TypeError, ValueError, NotImplementedError) as e:
+    raise ChannelPruningError(
+        f"Layer '{name}' ({type(layer).__name__}) cannot be re-created from "
+        f"its config for the narrow model: {type(e).__name__}: {e}. Custom "
+        "layers need get_config/from_config; or use "
+        "sparsity_structure='unstructured'.") from e
+
+
+# --------------------------------------------------------------------------
+# Sizes.
+# --------------------------------------------------------------------------
+
+
+def count_macs(model) -> int:
+  """Multiply-adds of one example through Dense and convolution layers.
+
+  Kernel size times output positions (input positions for transposed
+  convolutions); unknown spatial sizes count as 1; nested models are counted.
+  """
+  total = 0
+  for node in graph_lib.node_list(model):
+    layer = node.layer
+    if node.is_input:
+      continue
+    if isinstance(layer, keras.Model) and getattr(layer, "_is_graph_network", False):
+      total += count_macs(layer)
+      continue
+    transposed = isinstance(layer, graph_lib.TRANSPOSED)
+    if not isinstance(layer, graph_lib.PRODUCER_TYPES + graph_lib.DEPTHWISE
+                      + graph_lib.TRANSPOSED):
+      continue
+    ref = node.keras_inputs[0] if transposed else tf.nest.flatten(node.outputs)[0]
+    positions = 1
+    for d in ref.shape[1:-1]:
+      positions *= d or 1
+    for w in layer.weights:
+      if short_name(w) in ("kernel", "depthwise_kernel", "pointwise_kernel"):
+        total += int(np.prod(w.shape)) * positions
+  return int(total)
