@@ -1,16 +1,13 @@
 """Shared fixtures: digits Examples/Schema artifacts and a briefly trained demo model.
 
-Session-scoped so the model trains once per test run.
+Session-scoped so the model trains once per test run. Nothing here chooses the
+Keras of ``tf.keras``: tests use ``tf_keras`` (Keras 2) or ``keras`` (Keras 3) by
+name, and what depends on ``TF_USE_LEGACY_KERAS`` runs in its own process.
 """
 
-import os
+import pytest
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import tfx_compression  # noqa: E402,F401  (Keras 2 before TensorFlow)
-import pytest  # noqa: E402
-
-from tests import fixtures  # noqa: E402
+from tests import fixtures
 
 
 @pytest.fixture(scope="session")

@@ -1,41 +1,87 @@
-"""Puts Keras 2 (tf_keras) in force before TensorFlow is imported.
+"""Which Keras a model is; importing this package decides nothing for the user.
 
-tensorflow-model-optimization 0.8 only works with Keras 2. In TensorFlow 2.16,
-``tf.keras`` is Keras 3 unless ``TF_USE_LEGACY_KERAS=1`` is set before ``tf.keras``
-is first resolved, so this module must run before anything touches ``tf.keras``.
+TensorFlow 2.16 resolves ``tf.keras`` once, on first use: Keras 3 unless
+``TF_USE_LEGACY_KERAS=1`` is set by then. The user's code decides which Keras it
+gets (``from tensorflow import keras``, ``import keras`` or ``import tf_keras``);
+this package never sets the variable and never reads ``tf.keras``. Its Keras 2
+code imports ``tf_keras``, its Keras 3 code imports ``keras``.
+
+tensorflow-model-optimization (Keras 2 only) sets ``TF_USE_LEGACY_KERAS=1`` when
+imported, which would switch a ``tf.keras`` not yet resolved to Keras 2:
+:func:`import_tfmot` imports it only when a Keras 2 model needs it, after
+``tf.keras`` was resolved as the environment said, and puts the variable back.
 """
 
+import contextlib
 import os
-import sys
+from typing import Any
 
-_ENV = "TF_USE_LEGACY_KERAS"
+ENV = "TF_USE_LEGACY_KERAS"
+KERAS_2 = 2
+KERAS_3 = 3
 
 
-def ensure_legacy_keras() -> None:
-  """Sets TF_USE_LEGACY_KERAS=1, and fails clearly if Keras 3 is already in use.
+def keras_version_of(model: Any) -> int:
+  """2 for a tf_keras (Keras 2) model, 3 for a Keras 3 model.
+
+  Example:
+
+      if keras_version_of(model) == KERAS_3: ...
 
   Raises:
-    ImportError: ``TF_USE_LEGACY_KERAS`` is set to another value, or ``tf.keras``
-      already resolved to Keras 3 in this process.
+    TypeError: ``model`` is neither (e.g. a TFLite flatbuffer or a
+      ``tf.saved_model.load`` object).
   """
-  value = os.environ.get(_ENV)
-  if value is None:
-    os.environ[_ENV] = "1"
-  elif value.strip().lower() not in ("1", "true"):
-    raise ImportError(
-        f"{_ENV}={value!r} is set, but these components need Keras 2 "
-        f"(tf_keras) for tensorflow-model-optimization. Unset it or set "
-        f"{_ENV}=1 before starting Python.")
-  tf = sys.modules.get("tensorflow")
-  if tf is None:
-    return
-  # TensorFlow was imported first: tf.keras is resolved lazily, so it is still
-  # fine unless something already resolved it to Keras 3.
-  keras_module = getattr(tf, "keras", None)
-  version = getattr(keras_module, "__version__", "")
-  if version.startswith("3."):
-    raise ImportError(
-        "tf.keras already resolved to Keras 3 in this process (Keras "
-        f"{version}); these components need Keras 2 (tf_keras). Import "
-        "`tfx_compression` before TensorFlow, or set TF_USE_LEGACY_KERAS=1 in the "
-        "environment before starting Python.")
+  import keras  # pylint: disable=g-import-not-at-top
+  if isinstance(model, keras.Model):
+    return KERAS_3
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  if isinstance(model, tf_keras.Model):
+    return KERAS_2
+  raise TypeError(
+      f"`model` must be a Keras model (Keras 3 `keras.Model` or Keras 2 "
+      f"`tf_keras.Model`), got {type(model).__module__}.{type(model).__name__}.")
+
+
+def is_keras3(model: Any) -> bool:
+  """True for a Keras 3 model (False for tf_keras models and anything else)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  return isinstance(model, keras.Model)
+
+
+@contextlib.contextmanager
+def user_keras_unchanged():
+  """Runs a block of imports without changing which Keras the user's code gets.
+
+  ``tf.keras`` is resolved first, as ``TF_USE_LEGACY_KERAS`` says now (as
+  ``import tfx`` does anyway), so libraries imported in the block that set the
+  variable (tensorflow-transform, tensorflow-model-optimization) cannot switch
+  it; the variable is then put back as it was, so code run later in the
+  process, or in processes it starts, is not affected either.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  before = os.environ.get(ENV)
+  getattr(tf.keras, "version", None)  # resolves tf.keras now
+  try:
+    yield
+  finally:
+    if before is None:
+      os.environ.pop(ENV, None)
+    else:
+      os.environ[ENV] = before
+
+
+def import_tfmot():
+  """Imports tensorflow_model_optimization without choosing the user's Keras.
+
+  See :func:`user_keras_unchanged`. tfmot itself works on tf_keras whichever
+  Keras ``tf.keras`` is.
+
+  Example:
+
+      tfmot = keras_env.import_tfmot()
+      tfmot.sparsity.keras.prune_low_magnitude(...)
+  """
+  with user_keras_unchanged():
+    import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
+  return tfmot
