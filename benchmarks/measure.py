@@ -3,7 +3,8 @@
 The hand-written reference and our pipeline hand their TFLite flatbuffers to the
 same functions here, fed the same held-out examples (the pipeline's eval split):
 
-* accuracy: each eval example fed alone (batch 1) to ``tf.lite.Interpreter``;
+* accuracy: each eval example fed alone (batch 1) to the TFLite interpreter
+  (LiteRT when installed, else ``tf.lite.Interpreter``);
 * size: raw bytes of the flatbuffer and bytes after gzip -9
   (:func:`tfx_compression.components.common.model_stats.gzip_bytes`);
 * latency: ``invoke()`` of one example on one thread, median over many
@@ -29,6 +30,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from tfx_compression.components.common import model_stats
+from tfx_compression.components.common import tflite_runtime
 from tfx_compression.components.quantizer import packing
 
 FEATURE_KEYS = [f"pixel_{i:02d}" for i in range(64)]
@@ -101,11 +103,10 @@ class TFLiteModel:
 
   def __init__(self, content: bytes, name: str = "model",
                packed: Optional[Mapping] = None):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     self.name = name
     self.content = bytes(content)
-    self.interpreter = tf.lite.Interpreter(model_content=self.content,
-                                           num_threads=1)
+    self.interpreter = tflite_runtime.make_interpreter(
+        model_content=self.content, num_threads=1)
     it = self.interpreter
     it.allocate_tensors()
     runner = it.get_signature_runner()

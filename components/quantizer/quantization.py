@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from tfx_compression.components.common import features as features_lib
 from tfx_compression.components.common import model_stats
+from tfx_compression.components.common import tflite_runtime
 from tfx_compression.components.quantizer import packing
 from tfx_compression.components.quantizer.config import DATA_MODES
 from tfx_compression.components.quantizer.config import QuantizerConfig
@@ -541,7 +542,7 @@ def describe_tflite(tflite_model: bytes,
       io = describe_tflite(flatbuffer)
       [i["name"] for i in io["inputs"]]
   """
-  interpreter = tf.lite.Interpreter(model_content=tflite_model)
+  interpreter = tflite_runtime.make_interpreter(model_content=tflite_model)
   signatures = interpreter.get_signature_list()
   if signature_key not in signatures:
     signature_key = next(iter(signatures))
