@@ -46,6 +46,7 @@ from tfx_compression.components.common import model_io
 from tfx_compression.components.common import metrics as metrics_lib
 from tfx_compression.components.common import model_stats
 from tfx_compression.components.common import thresholds as thresholds_lib
+from tfx_compression.components.common import tflite_runtime
 from tfx_compression.components.quantizer import packing
 
 from tfx_compression.components.common.metrics import AUC_BINS, EPSILON, XENT_UNITS_PER_NAT  # noqa: F401
@@ -254,8 +255,8 @@ class TFLitePredictor:
         model_content = f.read()
     self.content = model_content
     try:
-      self.interpreter = tf.lite.Interpreter(model_content=model_content,
-                                             num_threads=1)
+      self.interpreter = tflite_runtime.make_interpreter(
+          model_content=model_content, num_threads=1)
     except (ValueError, RuntimeError) as e:
       raise model_io.ModelLoadError(
           f"`{role}_model` at {path} is not a readable TFLite model: {e}. "
@@ -830,7 +831,8 @@ def evaluate(*, pipeline, config, baseline_path: str, candidate_path: str,
     cand_bytes, cand_gzip = tflite_sizes(cand_content)
     representation = ("TFLite: the baseline converted to float32 TFLite "
                       "(batch 1) against the candidate's .tflite")
-    runtime = "TFLite interpreter, invoke() per example"
+    runtime = (f"TFLite interpreter ({tflite_runtime.runtime_name()}), "
+               "invoke() per example")
     if n_lat:
       lat_features = _first_features(decoder, file_patterns, split, n_lat)
       base_tfl = TFLitePredictor(model_content=base_content,
