@@ -4,8 +4,13 @@
 
 Beam's DirectRunner does the data work; ML Metadata is a SQLite file under the output
 directory. Everything goes under ``--output-dir`` (default ``outputs/``):
-``pipeline_root/``, ``metadata.sqlite``, ``serving_model/`` (the push destination) and,
-when ``--data-dir`` is not given, ``data/digits.csv``.
+``pipeline_root/``, ``metadata.sqlite``, ``serving_model/`` (the push destination),
+``logs/run-<timestamp>.log`` and, when ``--data-dir`` is not given, ``data/digits.csv``.
+
+The console shows one line per step as it starts and ends, the progress of long
+steps and a summary; everything else (TensorFlow, absl, Beam, warnings) goes to the
+log file (``--verbose`` shows it all instead; see ``console.py``). Exit codes: 0 when
+the pipeline ran (blessed or not), 1 when a step failed, 2 for bad options or data.
 """
 
 import argparse
@@ -82,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="pipeline name in ML Metadata (default: %(default)s)")
   p.add_argument("--no-cache", action="store_true",
                  help="re-run every step even when its inputs are unchanged")
+  p.add_argument("--verbose", action="store_true",
+                 help="show every library's output on the console instead of "
+                      "writing it to <output-dir>/logs/run-<timestamp>.log")
   return p
 
 
@@ -90,8 +98,18 @@ def _fail(message: str) -> "NoReturn":  # noqa: F821
   sys.exit(2)
 
 
+# TrainArgs.num_steps is an int32 in TFX's proto.
+MAX_STEPS = 2**31 - 1
+
+
 def check_args(args) -> None:
-  """Validates paths before anything is written; exits 2 with a one-line error."""
+  """Validates options, paths and data before anything is written; exits 2 with a one-line error."""
+  if not args.pipeline_name.strip():
+    _fail(f"--pipeline-name {args.pipeline_name!r} is empty; give the name ML "
+          f"Metadata records the runs under, e.g. {DEFAULTS['pipeline_name']}.")
+  if not args.output_dir.strip():
+    _fail(f"--output-dir {args.output_dir!r} is empty; give a directory, e.g. "
+          f"--output-dir {DEFAULTS['output_dir']} (use . for the current one).")
   if args.data_dir is not None:
     if not os.path.isdir(args.data_dir):
       _fail(f"--data-dir {args.data_dir!r} does not exist or is not a directory; "
@@ -112,10 +130,15 @@ def check_args(args) -> None:
     except OSError as e:
       _fail(f"--output-dir {args.output_dir!r} is not writable ({e.strerror}); "
             "choose another directory.")
-  if args.train_steps < 1:
-    _fail(f"--train-steps {args.train_steps} must be >= 1.")
-  if args.prune_steps < 1:
-    _fail(f"--prune-steps {args.prune_steps} must be >= 1.")
+  for flag, value in (("--train-steps", args.train_steps),
+                      ("--prune-steps", args.prune_steps)):
+    if value < 1:
+      _fail(f"{flag} {value} must be >= 1.")
+    if value > MAX_STEPS:
+      _fail(f"{flag} {value} is too large: at most {MAX_STEPS:,} (a 32-bit "
+            f"step count). Use a smaller number of steps.")
+  if args.search_sparsities is not None:
+    _check_search_sparsities(args.search_sparsities)
   if args.pack_inputs and args.quantization == "none":
     _fail("--pack-inputs needs a Quantizer (--quantization none gates the "
           "SavedModel, which keeps its named inputs). Drop --pack-inputs or "
@@ -124,6 +147,42 @@ def check_args(args) -> None:
     _fail(f"--int8-io {args.int8_io!r} needs --quantization int8 or qat (only a "
           f"full-integer model has integer inputs; got --quantization "
           f"{args.quantization!r}). Drop --int8-io or change --quantization.")
+
+
+def _check_search_sparsities(text: str) -> None:
+  items = [t.strip() for t in text.split(",")]
+  example = "e.g. --search-sparsities 0.5,0.6,0.7,0.8,0.9"
+  if not any(items):
+    _fail(f"--search-sparsities {text!r} lists no sparsity; give comma-separated "
+          f"numbers in [0, 1), {example}, or drop the option.")
+  for item in items:
+    try:
+      float(item)
+    except ValueError:
+      _fail(f"--search-sparsities {text!r}: {item!r} is not a number; give "
+            f"comma-separated numbers in [0, 1), {example}.")
+
+
+def _check_data_and_destination(args) -> None:
+  """The CSVs CsvExampleGen will read, and the Pusher's destination (no TensorFlow)."""
+  from tfx_compression.pipelines import digits_data  # pylint: disable=g-import-not-at-top
+  if args.data_dir is not None:
+    try:
+      digits_data.check_csv_dir(args.data_dir)
+    except digits_data.CsvError as e:
+      _fail(f"--data-dir: {e}")
+  serving = os.path.join(os.path.abspath(args.output_dir), "serving_model")
+  if os.path.exists(serving) and not os.path.isdir(serving):
+    _fail(f"the push destination {serving} is a file, not a directory, so the "
+          "Pusher could not write the model there; move it away or choose "
+          "another --output-dir.")
+  if os.path.isdir(serving):
+    try:
+      tempfile.TemporaryFile(dir=serving).close()
+    except OSError as e:
+      _fail(f"the push destination {serving} is not writable ({e.strerror}); "
+            "the Pusher would fail after every other step ran. Make it "
+            "writable or choose another --output-dir.")
 
 
 def _quantizer_kwargs(args) -> Optional[dict]:
@@ -138,10 +197,13 @@ def _quantizer_kwargs(args) -> Optional[dict]:
 def main(argv: Optional[List[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   check_args(args)
+  _check_data_and_destination(args)
+  # From here the libraries' output goes to the log file (unless --verbose).
+  from tfx_compression.pipelines import console  # pylint: disable=g-import-not-at-top
+  session = console.Session(verbose=args.verbose)
   # Heavy imports only after the arguments are known to be good.
   from tfx_compression.pipelines import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
   from tfx_compression.pipelines import digits_data, summary  # pylint: disable=g-import-not-at-top
-  from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
 
   out = os.path.abspath(args.output_dir)
   paths = dict(pipeline_root=os.path.join(out, "pipeline_root"),
@@ -163,13 +225,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         quantizer_kwargs=_quantizer_kwargs(args),
         **paths)
   except (ValueError, TypeError) as e:
+    session.abort()
     _fail(str(e))
-  if args.data_dir is None:
-    digits_data.ensure_digits_csv(os.path.join(out, "data"))
-  tfx.orchestration.LocalDagRunner().run(pipe)
-  print(summary.render(summary.collect(paths["metadata_path"], args.pipeline_name,
-                                       paths["serving_model_dir"])))
-  return 0
+  try:
+    session.keep_log(os.path.join(out, "logs"))
+    if args.data_dir is None:
+      digits_data.ensure_digits_csv(os.path.join(out, "data"))
+    code = session.run(pipe, paths["metadata_path"])
+    if code == 0:
+      session.print(summary.render(
+          summary.collect(paths["metadata_path"], args.pipeline_name,
+                          paths["serving_model_dir"]),
+          log_path=session.log_path))
+    return code
+  finally:
+    session.close()
 
 
 if __name__ == "__main__":
