@@ -1,7 +1,13 @@
 """Loading and saving models safely, in the layout TFX's Trainer writes.
 
-Only SavedModels and TFLite flatbuffers are read: no pickle, no code from artifacts.
-Custom Keras objects must be named by the user (``custom_objects``), never guessed.
+Only SavedModels, ``.keras`` files and TFLite flatbuffers are read: no pickle, no
+code from artifacts (Keras safe mode). Custom Keras objects must be named by the
+user (``custom_objects``), never guessed.
+
+Which Keras loads a model is read from the artifact: ``Format-Serving/model.keras``
+(written by Keras 3: the one line a Keras 3 Trainer module adds, see
+:data:`KERAS3_SAVE_LINE`) loads with Keras 3; a SavedModel with Keras 2 metadata
+loads with tf_keras, as before.
 """
 
 import contextlib
@@ -14,6 +20,15 @@ from absl import logging
 
 SERVING_DIR = "Format-Serving"
 TFLITE_FILENAME = "model.tflite"
+KERAS_FILENAME = "model.keras"
+# What a Keras 3 Trainer module adds after writing its serving SavedModel.
+KERAS3_SAVE_LINE = ('model.save(os.path.join(fn_args.serving_model_dir, '
+                    '"model.keras"))')
+# Children of the root object that Keras 3 layers and models (TensorFlow
+# backend) carry into a SavedModel written by tf.saved_model.save.
+_KERAS3_ROOT_CHILDREN = frozenset(
+    ("_operations", "_build_shapes_dict", "call_signature_parameters",
+     "_call_has_context_arg"))
 
 
 class ModelLoadError(ValueError):
@@ -42,36 +57,87 @@ def find_tflite(path: str) -> Optional[str]:
 
 
 def model_kind(path: str) -> str:
-  """'tflite', 'keras' (Keras SavedModel), 'saved_model' (no Keras metadata) or 'unknown'."""
+  """What a model directory holds.
+
+  'tflite'; 'keras3' (a ``model.keras`` written by Keras 3, beside or
+  without a SavedModel); 'keras' (a Keras 2 SavedModel); 'saved_model_keras3'
+  (a SavedModel written from a Keras 3 model, without ``model.keras``);
+  'saved_model' (another SavedModel without Keras metadata) or 'unknown'.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if find_tflite(path):
     return "tflite"
+  keras_file = os.path.join(path, KERAS_FILENAME)
+  if tf.io.gfile.exists(keras_file) and keras_file_version(
+      keras_file).startswith("3."):
+    return "keras3"
   if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
     if tf.io.gfile.exists(os.path.join(path, "keras_metadata.pb")):
       return "keras"
+    if _written_by_keras3(path):
+      return "saved_model_keras3"
     return "saved_model"
   return "unknown"
 
 
+def keras_file_version(keras_file: str) -> str:
+  """The Keras version a ``.keras`` file records ('' if unreadable)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import zipfile  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    with tf.io.gfile.GFile(keras_file, "rb") as f, zipfile.ZipFile(f) as z:
+      return str(json.loads(z.read("metadata.json")).get("keras_version", ""))
+  except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+    return ""
+
+
+def _written_by_keras3(path: str) -> bool:
+  """True if the SavedModel's root object is a Keras 3 layer or model."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  proto = saved_model_pb2.SavedModel()
+  try:
+    with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb") as f:
+      proto.ParseFromString(f.read())
+  except (OSError, ValueError, tf.errors.OpError):
+    return False
+  for meta_graph in proto.meta_graphs:
+    nodes = meta_graph.object_graph_def.nodes
+    if nodes and {c.local_name for c in nodes[0].children} & _KERAS3_ROOT_CHILDREN:
+      return True
+  return False
+
+
 def load_keras_model(path: str, parameter: str = "model",
                      custom_objects: Optional[Dict[str, Any]] = None):
-  """Loads a tf_keras model from a SavedModel directory, with clear errors.
+  """Loads a Keras 3 or tf_keras model from a serving directory, with clear errors.
+
+  ``<path>/model.keras`` written by Keras 3 loads with Keras 3
+  (``keras.saving.load_model``, safe mode); otherwise a Keras 2 SavedModel
+  loads with tf_keras.
 
   Args:
-    path: the SavedModel directory (e.g. ``<model uri>/Format-Serving``).
+    path: the serving directory (e.g. ``<model uri>/Format-Serving``).
     parameter: the input's name, used in error messages.
     custom_objects: custom layers/functions the user declared.
 
   Returns:
-    The tf_keras model. It is a new object: changing it never touches the disk.
+    The Keras 3 or tf_keras model (``keras_env.keras_version_of`` tells
+    which). It is a new object: changing it never touches the disk.
 
   Raises:
-    ModelLoadError: the directory is missing, TFLite, not a Keras SavedModel,
-      or corrupt; or it has custom layers whose classes ``custom_objects``
-      does not give (they are never guessed or rebuilt from the artifact).
+    ModelLoadError: the directory is missing, TFLite, not a Keras model, or
+      corrupt; a Keras 3 SavedModel without ``model.keras`` (the message
+      quotes :data:`KERAS3_SAVE_LINE`); or it has custom layers whose classes
+      ``custom_objects`` does not give (they are never guessed or rebuilt
+      from the artifact).
   """
-  import tf_keras  # pylint: disable=g-import-not-at-top
   kind = model_kind(path)
+  if kind == "keras3":
+    return _load_keras3(os.path.join(path, KERAS_FILENAME), parameter,
+                        custom_objects)
+  import tf_keras  # pylint: disable=g-import-not-at-top
   if kind == "tflite":
     raise ModelLoadError(
         f"`{parameter}` at {path} is already a TFLite model "
@@ -82,6 +148,12 @@ def load_keras_model(path: str, parameter: str = "model",
         f"`{parameter}` at {path} holds no saved_model.pb: it is not a "
         "SavedModel (is the upstream step's output empty or a different "
         "format?). Wire a Trainer's or Pruner's model.")
+  if kind == "saved_model_keras3":
+    raise ModelLoadError(
+        f"`{parameter}` at {path} is a SavedModel written from a Keras 3 model "
+        f"without {KERAS_FILENAME} beside it, so the Keras model cannot be "
+        "rebuilt: in the Trainer module's run_fn, after it writes the "
+        f"SavedModel, add the line `{KERAS3_SAVE_LINE}`.")
   if kind == "saved_model":
     raise ModelLoadError(
         f"`{parameter}` at {path} is a SavedModel without Keras metadata "
@@ -89,7 +161,8 @@ def load_keras_model(path: str, parameter: str = "model",
         "loaded as a Keras model to fine-tune, convert or measure. In the "
         "Trainer module, save with "
         "model.save(serving_model_dir, save_format='tf', signatures=...) "
-        "so the model stays loadable as Keras.")
+        "(tf_keras), or with Keras 3 add "
+        f"`{KERAS3_SAVE_LINE}` after writing the SavedModel.")
   try:
     # Safe mode also for the SavedModel loader, which otherwise rebuilds a
     # Lambda layer's Python lambda from bytecode stored in the artifact (code
@@ -113,6 +186,32 @@ def load_keras_model(path: str, parameter: str = "model",
     raise ModelLoadError(f"`{parameter}` at {path} loaded as "
                          f"{type(model).__name__}, not a tf_keras Model.")
   _check_no_revived_layers(model, path, parameter)
+  return model
+
+
+def _load_keras3(keras_file: str, parameter: str,
+                 custom_objects: Optional[Dict[str, Any]]):
+  """Loads a Keras 3 ``.keras`` file in safe mode (no lambda from the file runs)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  try:
+    model = keras.saving.load_model(keras_file, custom_objects=custom_objects,
+                                    compile=False, safe_mode=True)
+  except (ValueError, TypeError, KeyError, OSError) as e:
+    text = " ".join(str(e).split())[:400]
+    raise ModelLoadError(
+        f"`{parameter}` at {keras_file} could not be loaded as a Keras 3 "
+        f"model: {type(e).__name__}: {text}. Loading never runs code from a "
+        "model artifact: if it uses custom layers or functions, define "
+        "`custom_objects` in the component's `module_file`; if the file is "
+        "damaged, re-run the step that wrote it.") from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise ModelLoadError(
+        f"`{parameter}` at {keras_file} is corrupt or unreadable: "
+        f"{type(e).__name__}: {str(e)[:300]}. Re-run the step that wrote it.") from e
+  if not isinstance(model, keras.Model):
+    raise ModelLoadError(f"`{parameter}` at {keras_file} loaded as "
+                         f"{type(model).__name__}, not a Keras Model.")
+  logging.info("Loaded the Keras 3 model %s from %s.", model.name, keras_file)
   return model
 
 
@@ -166,7 +265,11 @@ def _check_no_revived_layers(model, path: str, parameter: str) -> None:
 
 
 def serving_signatures(model) -> Dict[str, Any]:
-  """The serving signatures a loaded Keras SavedModel carried, by name."""
+  """The serving signatures a loaded Keras 2 SavedModel carried, by name.
+
+  A Keras 3 model loaded from ``model.keras`` has none: its SavedModel's
+  signatures are read with ``tf.saved_model.load`` (see ``keras3_export``).
+  """
   sigs = getattr(model, "signatures", None)
   return dict(sigs) if sigs else {}
 
