@@ -154,6 +154,7 @@ class MetricStats:
   count: int = 0          # rows counted in the metrics
   nonfinite: int = 0      # rows with a NaN or infinite output (not counted)
   bad_labels: int = 0     # rows whose label is not a class id in [0, C)
+  missing_labels: int = 0  # rows with no label value at all (not counted)
   logit_rows: int = 0     # counted rows read as logits (softmax/sigmoid applied)
   top_k_correct: int = 0
   xent_units: int = 0     # sum of -log(p[label]) in 1e-9 nats
@@ -173,7 +174,7 @@ class MetricStats:
   @property
   def examples(self) -> int:
     """Every example seen, counted or not."""
-    return self.count + self.nonfinite + self.bad_labels
+    return self.count + self.nonfinite + self.bad_labels + self.missing_labels
 
   def merge(self, other: "MetricStats") -> "MetricStats":
     """The statistics of both sets of predictions (a new object)."""
@@ -186,6 +187,7 @@ class MetricStats:
         count=self.count + other.count,
         nonfinite=self.nonfinite + other.nonfinite,
         bad_labels=self.bad_labels + other.bad_labels,
+        missing_labels=self.missing_labels + other.missing_labels,
         logit_rows=self.logit_rows + other.logit_rows,
         top_k_correct=self.top_k_correct + other.top_k_correct,
         xent_units=self.xent_units + other.xent_units,
@@ -209,7 +211,8 @@ class MetricStats:
 
 
 def batch_stats(outputs: Any, labels: Any, top_k: int = 5,
-                output_kind: Optional[str] = None) -> MetricStats:
+                output_kind: Optional[str] = None,
+                label_present: Any = None) -> MetricStats:
   """Sufficient statistics of one batch of model outputs.
 
   Args:
@@ -219,10 +222,13 @@ def batch_stats(outputs: Any, labels: Any, top_k: int = 5,
     top_k: the k of top-k accuracy (capped at the number of classes).
     output_kind: 'probabilities' or 'logits' (see detect_output_kind); None
       decides per row.
+    label_present: optional [n] booleans, False where the example has no
+      label value at all (see features.ExampleDecoder.decode_with_presence).
 
   Returns:
-    The batch's MetricStats. Rows with a NaN or infinite output, or a label
-    that is not a class id, are counted apart and left out of the metrics.
+    The batch's MetricStats. Rows with a NaN or infinite output, a label
+    that is not a class id, or no label at all are counted apart and left
+    out of the metrics.
 
   Raises:
     MetricsError: string labels, or a label count that does not match.
@@ -238,14 +244,17 @@ def batch_stats(outputs: Any, labels: Any, top_k: int = 5,
   c = probs.shape[1]
   ids, label_ok = _class_ids(labels, n)
   label_ok &= (ids >= 0) & (ids < c)
+  present = (np.ones(n, dtype=bool) if label_present is None
+             else np.asarray(label_present, dtype=bool).reshape(n))
   finite = np.all(np.isfinite(raw.reshape(n, -1)), axis=1)
-  rows = finite & label_ok
+  rows = finite & label_ok & present
   p = probs[rows]
   y = ids[rows]
   m = int(rows.sum())
   stats = MetricStats(num_classes=c, top_k=int(top_k), count=m,
-                      nonfinite=int((~finite).sum()),
-                      bad_labels=int((finite & ~label_ok).sum()),
+                      nonfinite=int((~finite & present).sum()),
+                      bad_labels=int((finite & present & ~label_ok).sum()),
+                      missing_labels=int((~present).sum()),
                       logit_rows=int((logit_rows & rows).sum()))
   if m == 0:
     return stats
@@ -253,9 +262,13 @@ def batch_stats(outputs: Any, labels: Any, top_k: int = 5,
   stats.confusion = np.bincount(y * c + pred, minlength=c * c).reshape(
       c, c).astype(np.int64)
   p_true = p[np.arange(m), y]
-  # Rank of the true class = classes scored strictly higher; ties count for
-  # the true class, so the result does not depend on the order of classes.
-  rank = np.sum(p > p_true[:, None], axis=1)
+  # Rank of the true class = the other classes scored at least as high: a
+  # tie counts against the model (the true class goes after every class tied
+  # with it). So a model that scores every class alike has top-k accuracy 0
+  # for k < C, where Keras' in_top_k (ties count as hits) would give it 1.0,
+  # and the result does not depend on the order of the classes, as TFMA's
+  # argpartition tie-break does.
+  rank = np.sum(p >= p_true[:, None], axis=1) - 1
   stats.top_k_correct = int(np.sum(rank < min(int(top_k), c)))
   loss = -np.log(np.clip(p_true, EPSILON, 1.0))
   stats.xent_units = int(np.sum(np.round(loss * XENT_UNITS_PER_NAT).astype(

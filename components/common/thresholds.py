@@ -130,6 +130,11 @@ class GateThresholds:
           f"`max_relative_drop`={self.max_relative_drop} must be in [0, 1): it "
           "is a fraction of the baseline's value (0.02 = 2% of it).")
     higher, bounded = METRICS[self.metric]
+    if bounded and self.max_drop is not None and self.max_drop >= 1:
+      raise ValueError(
+          f"`max_drop`={self.max_drop} is at least 1, the whole range of "
+          f"{self.metric} (it lies in [0, 1]), so it rejects nothing. Use a "
+          "value below 1 (0.01 = one point).")
     if self.min_value is not None:
       if not higher:
         raise ValueError(

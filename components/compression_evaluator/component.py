@@ -37,7 +37,8 @@ from tfx_compression.components.compression_evaluator.config import (  # pylint:
     LABEL_KEY_KEY, METRIC_KEY, MAX_DROP_KEY, MAX_RELATIVE_DROP_KEY,
     MIN_VALUE_KEY, MIN_COMPRESSION_RATIO_KEY, MAX_LATENCY_RATIO_KEY,
     EVAL_SPLIT_KEY, BATCH_SIZE_KEY, LATENCY_SAMPLES_KEY, TOP_K_KEY,
-    COMPRESSION_MEASURE_KEY, MODULE_FILE_KEY)
+    COMPRESSION_MEASURE_KEY, MODULE_FILE_KEY, MIN_EXAMPLES_KEY,
+    OUTPUT_KIND_KEY)
 
 
 FLOAT_PARAMETERS = (MAX_DROP_KEY, MAX_RELATIVE_DROP_KEY, MIN_VALUE_KEY,
@@ -66,6 +67,10 @@ class CompressionEvaluatorSpec(component_spec.ComponentSpec):
       COMPRESSION_MEASURE_KEY: component_spec.ExecutionParameter(
           type=str, optional=True),
       MODULE_FILE_KEY: component_spec.ExecutionParameter(type=str, optional=True),
+      MIN_EXAMPLES_KEY: component_spec.ExecutionParameter(
+          type=int, optional=True),
+      OUTPUT_KIND_KEY: component_spec.ExecutionParameter(
+          type=str, optional=True),
   }
   INPUTS = {
       BASELINE_MODEL_KEY: component_spec.ChannelParameter(
@@ -135,7 +140,9 @@ class CompressionEvaluator(base_beam_component.BaseBeamComponent):
       latency_samples: Union[int, Any] = 200,
       top_k: Union[int, Any] = 5,
       compression_measure: Union[str, Any] = "raw",
-      module_file: Optional[Union[str, Any]] = None):
+      module_file: Optional[Union[str, Any]] = None,
+      min_examples: Union[int, Any] = config_lib.DEFAULT_MIN_EXAMPLES,
+      output_kind: Union[str, Any] = "auto"):
     """Builds the component; bad parameter values fail here.
 
     Args:
@@ -148,8 +155,9 @@ class CompressionEvaluator(base_beam_component.BaseBeamComponent):
       transform_graph: optional TransformGraph; both models are then fed the
         transformed features.
       baseline_blessing: optional ModelBlessing of the baseline (e.g. a TFX
-        Evaluator's); a baseline that was not blessed makes the candidate
-        NOT_BLESSED.
+        Evaluator's). Once wired it is required: a baseline that was not
+        blessed, a channel that resolves to no blessing at run time, or the
+        blessing of another model makes the candidate NOT_BLESSED.
       label_key: the label's name in the raw Examples.
       metric: the gate metric: accuracy, precision, recall, f1, auc,
         top_k_accuracy or crossentropy (Keras names such as
@@ -168,6 +176,10 @@ class CompressionEvaluator(base_beam_component.BaseBeamComponent):
       compression_measure: 'raw' (bytes on disk) or 'gzip' bytes for
         min_compression_ratio.
       module_file: optional Python file defining ``custom_objects``.
+      min_examples: the least number of evaluated examples to bless on
+        (default 100); fewer gives NOT_BLESSED.
+      output_kind: 'auto' (read from the baseline's loss and output layer),
+        'probabilities' or 'logits': what the models' outputs are.
     """
     params = {
         LABEL_KEY_KEY: label_key,
@@ -183,6 +195,8 @@ class CompressionEvaluator(base_beam_component.BaseBeamComponent):
         TOP_K_KEY: top_k,
         COMPRESSION_MEASURE_KEY: compression_measure,
         MODULE_FILE_KEY: module_file,
+        MIN_EXAMPLES_KEY: min_examples,
+        OUTPUT_KIND_KEY: output_kind,
     }
     concrete = artifacts.concrete(params)
     if len(concrete) == len({k: v for k, v in params.items() if v is not None}):

@@ -44,8 +44,15 @@ LATENCY_SAMPLES_KEY = "latency_samples"
 TOP_K_KEY = "top_k"
 COMPRESSION_MEASURE_KEY = "compression_measure"
 MODULE_FILE_KEY = "module_file"
+MIN_EXAMPLES_KEY = "min_examples"
+OUTPUT_KIND_KEY = "output_kind"
 
 COMPRESSION_MEASURES = ("raw", "gzip")
+OUTPUT_KINDS = ("auto", "probabilities", "logits")
+# With fewer examples one example moves accuracy by more than a point, finer
+# than the usual max_drop=0.01 can resolve.
+DEFAULT_MIN_EXAMPLES = 100
+MAX_MIN_EXAMPLES = 10**9
 MAX_BATCH_SIZE = 65536
 MAX_LATENCY_SAMPLES = 100000
 
@@ -73,6 +80,11 @@ class EvaluatorConfig:
       is where a pruned model's zeros pay off).
     module_file: optional Python file defining ``custom_objects`` (a dict, or
       a function returning one) for models with custom Keras layers.
+    min_examples: the least number of evaluated examples (with a label and
+      finite predictions) to bless on; fewer gives NOT_BLESSED.
+    output_kind: what the models' outputs are: 'auto' (from the baseline's
+      loss and output layer, else from its outputs), 'probabilities' or
+      'logits'.
   """
   thresholds: thresholds_lib.GateThresholds
   label_key: str
@@ -82,6 +94,8 @@ class EvaluatorConfig:
   top_k: int = 5
   compression_measure: str = "raw"
   module_file: Optional[str] = None
+  min_examples: int = DEFAULT_MIN_EXAMPLES
+  output_kind: str = "auto"
 
   def __post_init__(self):
     if not isinstance(self.thresholds, thresholds_lib.GateThresholds):
@@ -110,6 +124,18 @@ class EvaluatorConfig:
           "after gzip.")
     object.__setattr__(self, "compression_measure", measure)
     checks.check_str("module_file", self.module_file, optional=True)
+    _check_int("min_examples", self.min_examples, 1, MAX_MIN_EXAMPLES,
+               "It is the least number of evaluated examples to bless on; "
+               f"{DEFAULT_MIN_EXAMPLES} is the default.")
+    checks.check_str("output_kind", self.output_kind)
+    kind = self.output_kind.strip().lower()
+    if kind not in OUTPUT_KINDS:
+      raise ValueError(
+          f"`output_kind`={self.output_kind!r} is not one of {OUTPUT_KINDS}: "
+          "'auto' reads it from the baseline's loss and output layer, "
+          "'probabilities' means class probabilities (threshold 0.5 for one "
+          "unit), 'logits' means logits (threshold 0).")
+    object.__setattr__(self, "output_kind", kind)
     if self.latency_samples == 0 and self.thresholds.max_latency_ratio is not None:
       raise ValueError(
           f"`max_latency_ratio`={self.thresholds.max_latency_ratio} needs the "

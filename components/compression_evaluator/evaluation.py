@@ -105,7 +105,11 @@ def decide(gate: thresholds_lib.GateThresholds,
            baseline_nonfinite: int = 0,
            candidate_nonfinite: int = 0,
            examples: Optional[int] = None,
-           baseline_blessed: Optional[bool] = None) -> Decision:
+           baseline_blessed: Optional[bool] = None,
+           baseline_blessing_problem: Optional[str] = None,
+           counted: Optional[int] = None,
+           min_examples: int = 0,
+           chance_accuracy: Optional[float] = None) -> Decision:
   """Blessed only if every threshold holds and nothing else is wrong.
 
   Args:
@@ -118,6 +122,14 @@ def decide(gate: thresholds_lib.GateThresholds,
     examples: examples evaluated, for the reasons' wording.
     baseline_blessed: the blessing of an upstream validation of the baseline,
       if one was wired; False makes the candidate NOT_BLESSED.
+    baseline_blessing_problem: why the wired ``baseline_blessing`` cannot be
+      trusted (absent, or the blessing of another model); NOT_BLESSED.
+    counted: examples that entered the metrics; fewer than ``min_examples``
+      makes the candidate NOT_BLESSED (too little evidence).
+    min_examples: the least number of counted examples to decide on.
+    chance_accuracy: the accuracy of always predicting the most frequent
+      class; a baseline no better than that makes the candidate NOT_BLESSED
+      (matching a model that learned nothing proves nothing).
 
   Example:
 
@@ -125,8 +137,23 @@ def decide(gate: thresholds_lib.GateThresholds,
       decide(gate, {"accuracy": 0.95}, {"accuracy": 0.90}).blessed  # False
   """
   reasons = []
-  if baseline_blessed is False:
+  if baseline_blessing_problem:
+    reasons.append(baseline_blessing_problem)
+  elif baseline_blessed is False:
     reasons.append(BASELINE_NOT_BLESSED)
+  if counted is not None and counted < min_examples:
+    reasons.append(
+        f"only {counted} example(s) were evaluated, fewer than "
+        f"`min_examples`={min_examples}: too few to tell the models apart "
+        "(use a larger eval split)")
+  base_accuracy = baseline_metrics.get("accuracy")
+  if (chance_accuracy is not None and base_accuracy is not None
+      and math.isfinite(base_accuracy) and base_accuracy <= chance_accuracy):
+    reasons.append(
+        f"the baseline itself is at chance level (accuracy "
+        f"{base_accuracy:.4f}, no better than always predicting its most "
+        f"frequent class: {chance_accuracy:.4f}), so matching it proves "
+        "nothing")
   of = f" of {examples}" if examples else ""
   if candidate_nonfinite:
     reasons.append(f"{candidate_nonfinite}{of} candidate predictions were NaN "
@@ -212,6 +239,14 @@ class KerasPredictor:
     self.role = role
     self.input_specs = features_lib.keras_input_specs(model)
     self.input_names = list(self.input_specs)
+    outputs = list(getattr(model, "outputs", None) or [])
+    if len(outputs) > 1:
+      names = getattr(model, "output_names", None) or [
+          t.name.split("/")[0] for t in outputs]
+      raise EvaluationError(
+          f"`{role}_model` has {len(outputs)} outputs {list(names)}; the "
+          "evaluator gates a model with one output of class scores. Export "
+          "a model with that one output.")
     shape = model.output_shape
     if isinstance(shape, dict):
       shape = list(shape.values())
@@ -224,6 +259,109 @@ class KerasPredictor:
     out = _single_output(self.model(inputs, training=False),
                          f"{self.role} model")
     return np.asarray(out)
+
+
+# Losses that say a model predicts numbers, not classes.
+REGRESSION_LOSSES = frozenset({
+    "mean_squared_error", "mse", "meansquarederror",
+    "mean_absolute_error", "mae", "meanabsoluteerror",
+    "mean_absolute_percentage_error", "mape", "meanabsolutepercentageerror",
+    "mean_squared_logarithmic_error", "msle", "meansquaredlogarithmicerror",
+    "huber", "huber_loss", "log_cosh", "logcosh", "poisson",
+    "cosine_similarity", "cosinesimilarity"})
+OUTPUT_KIND_AUTO = "auto"
+
+
+def _saved_loss(model) -> Tuple[Optional[str], Optional[bool]]:
+  """(loss name, from_logits) the model was compiled with, as far as recorded.
+
+  From the compiled loss, else the training config a SavedModel keeps (a
+  model loaded with compile=False still has it). (None, None) when unknown.
+  """
+  loss = getattr(model, "loss", None)
+  if loss is None:
+    attributes = getattr(model, "_serialized_attributes", None) or {}
+    config = (attributes.get("metadata") or {}).get("training_config") or {}
+    loss = config.get("loss")
+  if isinstance(loss, (list, tuple)) and len(loss) == 1:
+    loss = loss[0]
+  if isinstance(loss, dict) and "class_name" not in loss and len(loss) == 1:
+    loss = next(iter(loss.values()))
+  if loss is None:
+    return None, None
+  if isinstance(loss, str):
+    # A loss given by name has Keras' defaults: from_logits=False.
+    name = loss.lower()
+    return name, (False if "crossentropy" in name else None)
+  if isinstance(loss, dict):
+    cfg = loss.get("config") or {}
+    name = cfg.get("name") or loss.get("class_name") or ""
+    if isinstance(cfg.get("fn"), str):
+      name = cfg["fn"]
+    return str(name).lower(), cfg.get("from_logits")
+  get_config = getattr(loss, "get_config", None)
+  cfg = get_config() if callable(get_config) else {}
+  name = (cfg.get("name") or getattr(loss, "__name__", None)
+          or type(loss).__name__)
+  return str(name).lower(), cfg.get("from_logits")
+
+
+def _output_activation(model) -> Optional[str]:
+  """The name of the activation of the layer that makes the model's output."""
+  try:
+    layer = model.outputs[0]._keras_history.layer  # pylint: disable=protected-access
+  except (AttributeError, IndexError, TypeError):
+    layers = getattr(model, "layers", None) or []
+    layer = layers[-1] if layers else None
+  if layer is None:
+    return None
+  kind = type(layer).__name__.lower()
+  if kind in ("softmax", "sigmoid"):
+    return kind
+  activation = getattr(layer, "activation", None)
+  name = getattr(activation, "__name__", None) or (
+      activation if isinstance(activation, str) else None)
+  return name.lower() if name else None
+
+
+def output_kind_from_model(model, units: Optional[int],
+                           parameter: str = "baseline_model") -> Optional[str]:
+  """What a Keras classifier's outputs are, from its loss and output layer.
+
+  Returns 'probabilities' (softmax/sigmoid output, or a cross-entropy loss
+  with from_logits=False), 'logits' (a loss with from_logits=True), or None
+  when only the outputs can tell (several units, nothing recorded).
+
+  Raises:
+    EvaluationError: the model was trained with a regression loss, or it has
+      one linear output unit and no recorded loss (a logit and a score read
+      differently: 0 and 0.5 are the thresholds); the message names
+      ``output_kind``, which settles it.
+
+  Example:
+
+      output_kind_from_model(model_with_softmax_head, 10)  # 'probabilities'
+  """
+  loss, from_logits = _saved_loss(model)
+  activation = _output_activation(model)
+  hint = ("If its outputs are class scores, say which with `output_kind`="
+          "'probabilities' (P(class), threshold 0.5) or 'logits' (threshold 0).")
+  if loss in REGRESSION_LOSSES:
+    raise EvaluationError(
+        f"`{parameter}` was trained with the regression loss {loss!r}: its "
+        "outputs are numbers, not class scores, so accuracy and the other "
+        f"gate metrics mean nothing on them. {hint}")
+  if activation in ("softmax", "sigmoid"):
+    return metrics_lib.PROBABILITIES
+  if from_logits is True:
+    return metrics_lib.LOGITS
+  if from_logits is False and loss and "crossentropy" in loss.replace("_", ""):
+    return metrics_lib.PROBABILITIES
+  if units == 1:
+    raise EvaluationError(
+        f"`{parameter}` has one linear output unit and no recorded loss, so "
+        f"whether it outputs a logit or a probability cannot be told. {hint}")
+  return None
 
 
 def _normalize_tensor_name(name: str) -> str:
@@ -450,12 +588,12 @@ def _stats_dofn_class():
 
     def process(self, batch):
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      features, labels = self._models.decoder.decode(
+      features, labels, present = self._models.decoder.decode_with_presence(
           tf.constant(list(batch), dtype=tf.string))
       features = {k: v.numpy() for k, v in features.items()}
-      labels = labels.numpy()
+      labels, present = labels.numpy(), present.numpy()
       yield {role: batch_stats(p.predict(features), labels, self._top_k,
-                               self._kinds.get(role))
+                               self._kinds.get(role), present)
              for role, p in self._models.predictors.items()}
 
   return StatsDoFn
@@ -710,11 +848,56 @@ def _check_inputs(baseline: KerasPredictor, candidate) -> None:
 
 
 def _first_features(decoder, file_patterns, split, n) -> Dict[str, np.ndarray]:
-  """The decoded features of the split's first ``n`` examples."""
-  ds = decoder.dataset(file_patterns, batch_size=n, split=split,
-                       max_examples=n)
-  features, _ = next(iter(ds))
+  """The decoded features of the split's first ``n`` examples.
+
+  Decoded eagerly, so an example that does not fit the schema fails here
+  with a DataError naming the feature, before Beam starts.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  files = features_lib.list_files(file_patterns, split)
+  ds = tf.data.TFRecordDataset(
+      files, compression_type=features_lib.compression_type(files))
+  serialized = next(iter(ds.take(n).batch(n)))
+  features, _, _ = decoder.decode_with_presence(serialized)
   return {k: v.numpy() for k, v in features.items()}
+
+
+def _check_top_k(config, num_classes: Optional[int]) -> None:
+  """top_k_accuracy with k >= the number of classes passes any model."""
+  if config.metric != "top_k_accuracy" or not num_classes:
+    return
+  classes = max(int(num_classes), 2)
+  if config.top_k >= classes:
+    raise EvaluationError(
+        f"`top_k`={config.top_k} is not below the model's {classes} classes: "
+        "every class is in the top k, so top_k_accuracy is 1.0 for any model. "
+        f"Use top_k < {classes}, or metric='accuracy'.")
+
+
+def _output_kinds(config, baseline, candidate, probe) -> Tuple[Dict[str, str], str]:
+  """({role: 'probabilities' | 'logits'}, how it was decided).
+
+  Said by ``output_kind``, else read off the baseline's loss and output layer
+  (the candidate was compressed from it: its outputs mean the same), else
+  decided per model on the first examples.
+  """
+  if config.output_kind != OUTPUT_KIND_AUTO:
+    return ({role: config.output_kind for role in ROLES},
+            "set by `output_kind`")
+  kind = output_kind_from_model(baseline.model, baseline.num_outputs)
+  if kind is not None:
+    return ({role: kind for role in ROLES},
+            "read from the baseline's loss and output layer")
+  return ({"baseline": detect_output_kind(baseline.predict(probe)),
+           "candidate": detect_output_kind(candidate.predict(probe))},
+          "read from the outputs on the first examples")
+
+
+def chance_accuracy(stats: MetricStats) -> Optional[float]:
+  """The accuracy of always predicting the most frequent class of the labels."""
+  if not stats.count:
+    return None
+  return float(stats.confusion.sum(axis=1).max() / stats.count)
 
 
 def evaluate(*, pipeline, config, baseline_path: str, candidate_path: str,
@@ -723,6 +906,7 @@ def evaluate(*, pipeline, config, baseline_path: str, candidate_path: str,
              candidate_io: Optional[Mapping[str, Any]] = None,
              candidate_sparsity: Optional[float] = None,
              baseline_blessed: Optional[bool] = None,
+             baseline_blessing_problem: Optional[str] = None,
              pruning_search: Optional[Mapping[str, Any]] = None,
              work_dir: str) -> EvaluationResult:
   """Measures the candidate against the baseline and decides.
@@ -741,6 +925,8 @@ def evaluate(*, pipeline, config, baseline_path: str, candidate_path: str,
     candidate_sparsity: the candidate's sparsity as its producer recorded it;
       measured when None.
     baseline_blessed: an upstream blessing of the baseline, if wired.
+    baseline_blessing_problem: why a wired baseline blessing cannot vouch
+      for the baseline (absent, another model's), if it cannot.
     pruning_search: the Pruner's pruning_search.json, if any (for the report).
     work_dir: a scratch directory.
 
@@ -783,19 +969,20 @@ def evaluate(*, pipeline, config, baseline_path: str, candidate_path: str,
   decoder_spec = DecoderSpec.from_specs(schema, config.label_key,
                                         baseline.input_specs, transform_dir)
   decoder = decoder_spec.build()  # label / feature errors before Beam starts
+  decoder.check_label()
+  _check_top_k(config, baseline.num_outputs)
   try:
     features_lib.list_files(file_patterns, split)
   except features_lib.DataError as e:
     raise features_lib.DataError(
         f"{e} The CompressionEvaluator writes no blessing on zero examples.") from e
 
-  # Whether each model outputs probabilities or logits is decided once, on
-  # the first examples, so that every batch on every worker reads it alike.
+  # Whether each model outputs probabilities or logits is decided once, so
+  # that every batch on every worker reads it alike.
   probe = _first_features(decoder, file_patterns, split,
                           min(config.batch_size, 256))
-  output_kinds = {"baseline": detect_output_kind(baseline.predict(probe)),
-                  "candidate": detect_output_kind(candidate.predict(probe))}
-  logging.info("Model outputs read as: %s", output_kinds)
+  output_kinds, kinds_source = _output_kinds(config, baseline, candidate, probe)
+  logging.info("Model outputs read as: %s (%s)", output_kinds, kinds_source)
   started = time.time()
   stats = compute_stats(pipeline, file_patterns, decoder_spec,
                         {"baseline": baseline_src, "candidate": candidate_src},
@@ -807,6 +994,13 @@ def evaluate(*, pipeline, config, baseline_path: str, candidate_path: str,
         f"The '{split}' split yielded no example; the CompressionEvaluator "
         "writes no blessing on zero examples.")
   base_stats, cand_stats = stats["baseline"], stats["candidate"]
+  _check_top_k(config, base_stats.num_classes)
+  if base_stats.missing_labels:
+    raise features_lib.DataError(
+        features_lib.missing_labels_message(
+            base_stats.missing_labels, base_stats.examples, split,
+            config.label_key) +
+        " The CompressionEvaluator writes no blessing on made-up labels.")
   if base_stats.bad_labels or cand_stats.bad_labels:
     raise EvaluationError(
         f"{max(base_stats.bad_labels, cand_stats.bad_labels)} of "
@@ -877,12 +1071,17 @@ def evaluate(*, pipeline, config, baseline_path: str, candidate_path: str,
   sizes["compression_ratio"] = compression_ratio
 
   gate = config.thresholds
+  chance = chance_accuracy(base_stats)
   decision = decide(gate, base_metrics, cand_metrics, compression_ratio,
                     latency["latency_ratio"],
                     baseline_nonfinite=base_stats.nonfinite,
                     candidate_nonfinite=cand_stats.nonfinite,
                     examples=base_stats.examples,
-                    baseline_blessed=baseline_blessed)
+                    baseline_blessed=baseline_blessed,
+                    baseline_blessing_problem=baseline_blessing_problem,
+                    counted=base_stats.count,
+                    min_examples=config.min_examples,
+                    chance_accuracy=chance)
   finite = all(math.isfinite(m[gate.metric])
                for m in (base_metrics, cand_metrics))
   report = {
@@ -905,7 +1104,14 @@ def evaluate(*, pipeline, config, baseline_path: str, candidate_path: str,
           "num_classes": base_stats.num_classes, "top_k": config.top_k,
           "baseline_outputs": output_kinds["baseline"],
           "candidate_outputs": output_kinds["candidate"],
+          "outputs_read": kinds_source,
           "label_key": config.label_key,
+          "counted": base_stats.count,
+          "min_examples": config.min_examples,
+          "chance_accuracy": chance,
+          "baseline_at_chance": bool(
+              chance is not None and math.isfinite(base_metrics["accuracy"])
+              and base_metrics["accuracy"] <= chance),
       },
       "sizes": sizes,
       "latency": latency,

@@ -244,6 +244,13 @@ def _prediction_notes(report: Mapping[str, Any]) -> List[str]:
     if logits:
       notes.append(f"The {role}'s outputs were read as logits for {logits} "
                    "examples (softmax/sigmoid applied).")
+  if ex.get("outputs_read"):
+    notes.append(f"How the outputs were read ({ex.get('baseline_outputs')}): "
+                 f"{ex['outputs_read']}.")
+  if ex.get("baseline_at_chance"):
+    notes.append("The baseline is at chance level: its accuracy is no better "
+                 "than always predicting the most frequent class "
+                 f"({fmt_value(ex.get('chance_accuracy'))}).")
   return notes
 
 

@@ -198,6 +198,7 @@ class TestBlessing:
     upstream = standard_artifacts.ModelBlessing()
     upstream.uri = os.path.join(tmp_path, "upstream")
     upstream.set_int_custom_property("blessed", 0)
+    upstream.set_string_custom_property("current_model", model_artifact.uri)
     blessing, _, report = _run(tmp_path, model_artifact, model_artifact,
                                examples_artifact, schema_artifact,
                                baseline_blessing=upstream)

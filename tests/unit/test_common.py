@@ -49,7 +49,7 @@ class TestThresholds:
     assert sentence.startswith("NOT BLESSED") and "max_drop" in sentence
 
   def test_nan_never_passes(self):
-    t = thresholds.GateThresholds(max_drop=1.0, max_relative_drop=0.9,
+    t = thresholds.GateThresholds(max_drop=0.99, max_relative_drop=0.9,
                                   min_value=0.0)
     checks = t.check({"accuracy": 0.9}, {"accuracy": float("nan")})
     assert not any(c.passed for c in checks)
@@ -137,3 +137,111 @@ class TestDecoderAndLoading:
     with model_io.staged_output(final) as stage:
       open(os.path.join(stage, "done"), "w").close()
     assert os.listdir(final) == ["done"]
+
+
+class TestImpossibleThresholds:
+
+  @pytest.mark.parametrize("value", [1.0, 5.0, 1e308])
+  def test_max_drop_of_the_whole_range_is_refused(self, value):
+    with pytest.raises(ValueError, match=r"`max_drop`=.* is at least 1, the "
+                       r"whole range of accuracy.*rejects nothing"):
+      thresholds.GateThresholds(max_drop=value)
+
+  def test_unbounded_metric_keeps_large_drops(self):
+    t = thresholds.GateThresholds(metric="crossentropy", max_drop=5.0)
+    assert t.max_drop == 5.0
+
+  def test_below_the_range_still_allowed(self):
+    assert thresholds.GateThresholds(max_drop=0.99).max_drop == 0.99
+
+
+def _example(x=None, label=None, label_float=False):
+  feats = {}
+  if x is not None:
+    feats["x"] = tf.train.Feature(float_list=tf.train.FloatList(value=[x]))
+  if label is not None:
+    feats["label"] = (
+        tf.train.Feature(float_list=tf.train.FloatList(value=[label]))
+        if label_float else
+        tf.train.Feature(int64_list=tf.train.Int64List(value=[label])))
+  return tf.train.Example(
+      features=tf.train.Features(feature=feats)).SerializeToString()
+
+
+def _schema(label_spec, x_dtype=tf.float32):
+  from tensorflow_transform.tf_metadata import schema_utils  # pylint: disable=g-import-not-at-top
+  return schema_utils.schema_from_feature_spec(
+      {"x": tf.io.FixedLenFeature([1], x_dtype), "label": label_spec})
+
+
+X_SPEC = {"x": tf.TensorSpec([None, 1], tf.float32, name="x")}
+
+
+class TestMissingLabels:
+  """A VarLen label (a CSV with empty cells) never becomes class 0."""
+
+  def test_missing_int_label_is_not_class_zero(self):
+    dec = features.ExampleDecoder(_schema(tf.io.VarLenFeature(tf.int64)),
+                                  "label", X_SPEC)
+    _, label, present = dec.decode_with_presence(tf.constant(
+        [_example(1.0, 2), _example(2.0), _example(3.0, 0)]))
+    assert label.numpy().tolist() == [2, -1, 0]
+    assert present.numpy().tolist() == [True, False, True]
+    # A batch where every label is missing keeps one value per example.
+    _, label, present = dec.decode_with_presence(tf.constant([_example(2.0)]))
+    assert label.numpy().tolist() == [-1] and not present.numpy()[0]
+
+  def test_missing_float_label_is_nan(self):
+    dec = features.ExampleDecoder(_schema(tf.io.VarLenFeature(tf.float32)),
+                                  "label", X_SPEC)
+    _, label = dec.decode(tf.constant([_example(1.0), _example(1.0, 1.0, True)]))
+    assert np.isnan(label.numpy()[0]) and label.numpy()[1] == 1.0
+
+  def test_require_labels_counts_and_refuses(self, tmp_path):
+    path = str(tmp_path / "data.gz")
+    with tf.io.TFRecordWriter(path, options="GZIP") as w:
+      for i in range(6):
+        w.write(_example(float(i), i % 2 if i % 3 else None))
+    dec = features.ExampleDecoder(_schema(tf.io.VarLenFeature(tf.int64)),
+                                  "label", X_SPEC)
+    with pytest.raises(features.DataError,
+                       match=r"2 of 6 examples of the 'train' split have no "
+                       r"value for `label_key`='label'"):
+      dec.require_labels([path], "train")
+    assert dec.require_labels(None, "eval") == 0
+
+  def test_require_labels_passes_complete_data(self, tmp_path):
+    path = str(tmp_path / "data.gz")
+    with tf.io.TFRecordWriter(path, options="GZIP") as w:
+      for i in range(5):
+        w.write(_example(float(i), i % 2))
+    dec = features.ExampleDecoder(_schema(tf.io.VarLenFeature(tf.int64)),
+                                  "label", X_SPEC)
+    assert dec.require_labels([path], "train") == 5
+
+
+class TestDataThatDoesNotFit:
+
+  def test_label_that_is_a_model_input(self):
+    specs = dict(X_SPEC, label=tf.TensorSpec([None, 1], tf.float32, name="label"))
+    with pytest.raises(features.DataError,
+                       match=r"`label_key`='label' is one of the model's inputs"):
+      features.ExampleDecoder(
+          _schema(tf.io.FixedLenFeature([1], tf.int64)), "label", specs)
+
+  def test_string_feature_for_a_numeric_input(self):
+    with pytest.raises(features.DataError,
+                       match=r"input 'x' is float32 but the feature 'x' is "
+                       r"string"):
+      features.ExampleDecoder(
+          _schema(tf.io.FixedLenFeature([1], tf.int64), x_dtype=tf.string),
+          "label", X_SPEC)
+
+  def test_examples_of_another_type_than_the_schema(self):
+    dec = features.ExampleDecoder(
+        _schema(tf.io.FixedLenFeature([1], tf.int64), x_dtype=tf.int64),
+        "label", X_SPEC)
+    with pytest.raises(features.DataError,
+                       match=r"The feature 'x' holds float values in the "
+                       r"Examples but the schema says int64"):
+      dec.decode_with_presence(tf.constant([_example(1.5, 1)]))

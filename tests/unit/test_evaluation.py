@@ -337,3 +337,176 @@ class TestModels:
       f.write("custom_objects = [1]\n")
     with pytest.raises(ev.EvaluationError, match="must be a dict"):
       ev.load_custom_objects(path)
+
+
+# ---------------------------------------------------------------------------
+# Issue 17: the gate blesses only what it measured.
+# ---------------------------------------------------------------------------
+
+
+class TestTopKTies:
+  """Ties count against the model (the true class goes after its ties)."""
+
+  def test_constant_scores_are_never_a_hit(self):
+    labels = np.arange(10) % 5
+    s = ev.batch_stats(np.full((10, 5), 0.2), labels, top_k=3)
+    assert s.top_k_correct == 0
+    assert ev.metrics_from_stats(s)["top_k_accuracy"] == 0.0
+
+  def test_tie_at_the_boundary_counts_against(self):
+    # True class 0 ties with class 1 for 2nd place behind class 2: top-2 miss,
+    # whichever order the classes come in; top-3 hit.
+    out = np.array([[0.25, 0.25, 0.5]])
+    assert ev.batch_stats(out, [0], top_k=2).top_k_correct == 0
+    assert ev.batch_stats(out[:, [1, 0, 2]], [1], top_k=2).top_k_correct == 0
+    assert ev.batch_stats(out, [0], top_k=3).top_k_correct == 1
+
+  def test_clear_winner_is_a_hit(self):
+    out = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]])
+    assert ev.batch_stats(out, [2, 0], top_k=2).top_k_correct == 2
+    assert ev.batch_stats(out, [2, 0], top_k=1).top_k_correct == 1
+
+  def test_top_k_not_below_the_classes_is_refused(self):
+    config = config_lib.EvaluatorConfig.from_parameters(
+        {"label_key": "label", "metric": "top_k_accuracy", "max_drop": 0.01,
+         "top_k": 5})
+    with pytest.raises(ev.EvaluationError,
+                       match=r"`top_k`=5 is not below the model's 5 classes"):
+      ev._check_top_k(config, 5)
+    ev._check_top_k(config, 6)  # k < C: fine
+    # Another gate metric: top_k only feeds the report, nothing to refuse.
+    acc = config_lib.EvaluatorConfig.from_parameters(
+        {"label_key": "label", "max_drop": 0.01, "top_k": 5})
+    ev._check_top_k(acc, 2)
+
+
+class TestEvidence:
+
+  def _metrics(self, acc):
+    return {name: acc for name in thresholds.METRICS}
+
+  def test_too_few_examples_are_not_blessed(self):
+    gate = thresholds.GateThresholds(max_drop=0.01)
+    d = ev.decide(gate, self._metrics(0.0), self._metrics(0.0), counted=2,
+                  min_examples=100)
+    assert not d.blessed
+    assert "only 2 example(s) were evaluated" in d.verdict
+    assert "`min_examples`=100" in d.verdict
+    assert ev.decide(gate, self._metrics(0.9), self._metrics(0.9), counted=100,
+                     min_examples=100).blessed
+
+  def test_baseline_at_chance_is_not_blessed(self):
+    gate = thresholds.GateThresholds(max_drop=0.01)
+    d = ev.decide(gate, self._metrics(0.3), self._metrics(0.3),
+                  chance_accuracy=0.3)
+    assert not d.blessed and "at chance level" in d.verdict
+    assert ev.decide(gate, self._metrics(0.31), self._metrics(0.31),
+                     chance_accuracy=0.3).blessed
+
+  def test_chance_accuracy_is_the_majority_class_share(self):
+    stats = ev.batch_stats(np.eye(3)[[0, 0, 0, 1]], [0, 0, 1, 2])
+    assert ev.chance_accuracy(stats) == 0.5
+    assert ev.chance_accuracy(ev.MetricStats(num_classes=3, top_k=1)) is None
+
+  def test_blessing_problem_is_a_reason(self):
+    gate = thresholds.GateThresholds(max_drop=0.5)
+    d = ev.decide(gate, self._metrics(0.9), self._metrics(0.9),
+                  baseline_blessed=True,
+                  baseline_blessing_problem="`baseline_blessing` is wired but "
+                  "resolved to no blessing")
+    assert not d.blessed and "resolved to no blessing" in d.verdict
+
+  @pytest.mark.parametrize("params,error,match", [
+      ({"min_examples": 0}, ValueError, r"`min_examples`=0 is outside"),
+      ({"min_examples": "100"}, TypeError, "`min_examples` must be an integer"),
+      ({"output_kind": "scores"}, ValueError, r"`output_kind`='scores'"),
+  ])
+  def test_config_checks_the_new_parameters(self, params, error, match):
+    with pytest.raises(error, match=match):
+      config_lib.EvaluatorConfig.from_parameters(
+          {"label_key": "label", "max_drop": 0.01, **params})
+
+  def test_config_defaults(self):
+    c = config_lib.EvaluatorConfig.from_parameters(
+        {"label_key": "label", "max_drop": 0.01, "output_kind": "Logits"})
+    assert c.min_examples == config_lib.DEFAULT_MIN_EXAMPLES == 100
+    assert c.output_kind == "logits"
+
+
+class TestMissingLabels:
+
+  def test_rows_without_a_label_are_counted_apart(self):
+    s = ev.batch_stats(np.eye(3), np.array([0, -1, 2]),
+                       label_present=[True, False, True])
+    assert (s.count, s.missing_labels, s.bad_labels) == (2, 1, 0)
+    assert s.examples == 3
+    assert ev.metrics_from_stats(s)["accuracy"] == 1.0
+    merged = s.merge(s)
+    assert merged.missing_labels == 2
+    assert ev.MetricStats.from_dict(merged.to_dict()).missing_labels == 2
+
+
+def _one_unit_model(activation=None, loss=None, from_logits=None):
+  inp = keras.Input(shape=(1,), name="a")
+  out = keras.layers.Dense(1, activation=activation, name="out")(inp)
+  model = keras.Model(inp, out)
+  if loss == "bce":
+    model.compile(loss=keras.losses.BinaryCrossentropy(from_logits=from_logits))
+  elif loss:
+    model.compile(loss=loss)
+  return model
+
+
+class TestOutputKind:
+
+  def test_regression_loss_is_refused_naming_output_kind(self):
+    model = _one_unit_model(loss="mse")
+    with pytest.raises(ev.EvaluationError,
+                       match=r"`baseline_model` was trained with the regression "
+                       r"loss 'mse'.*`output_kind`="):
+      ev.output_kind_from_model(model, 1)
+
+  def test_regression_loss_recorded_in_a_saved_model(self, tmp_path):
+    model = _one_unit_model(loss=keras.losses.MeanSquaredError())
+    model.save(str(tmp_path / "m"), save_format="tf")
+    from tfx_compression.components.common import model_io  # pylint: disable=g-import-not-at-top
+    loaded = model_io.load_keras_model(str(tmp_path / "m"))
+    with pytest.raises(ev.EvaluationError, match="regression loss"):
+      ev.output_kind_from_model(loaded, 1)
+
+  def test_linear_unit_without_a_loss_is_refused(self):
+    with pytest.raises(ev.EvaluationError,
+                       match="one linear output unit and no recorded loss"):
+      ev.output_kind_from_model(_one_unit_model(), 1)
+
+  @pytest.mark.parametrize("kwargs,want", [
+      (dict(activation="sigmoid"), "probabilities"),
+      (dict(loss="bce", from_logits=True), "logits"),
+      (dict(loss="bce", from_logits=False), "probabilities"),
+      (dict(loss="binary_crossentropy"), "probabilities"),
+  ])
+  def test_kind_from_activation_or_loss(self, kwargs, want):
+    assert ev.output_kind_from_model(_one_unit_model(**kwargs), 1) == want
+
+  def test_several_units_without_clues_are_left_to_the_outputs(self):
+    inp = keras.Input(shape=(1,), name="a")
+    model = keras.Model(inp, keras.layers.Dense(3)(inp))
+    assert ev.output_kind_from_model(model, 3) is None
+    assert ev.output_kind_from_model(_tiny_model(), 3) == "probabilities"
+
+  def test_output_kind_parameter_decides(self):
+    model = _one_unit_model(loss="mse")
+    config = config_lib.EvaluatorConfig.from_parameters(
+        {"label_key": "label", "max_drop": 0.01, "output_kind": "probabilities"})
+    pred = ev.KerasPredictor(model, "baseline")
+    kinds, source = ev._output_kinds(config, pred, pred, {})
+    assert kinds == {"baseline": "probabilities", "candidate": "probabilities"}
+    assert "output_kind" in source
+
+  def test_two_outputs_are_refused_naming_the_input(self):
+    inp = keras.Input(shape=(1,), name="a")
+    model = keras.Model(inp, [keras.layers.Dense(2, name="p")(inp),
+                              keras.layers.Dense(1, name="q")(inp)])
+    with pytest.raises(ev.EvaluationError,
+                       match=r"`candidate_model` has 2 outputs \['p', 'q'\]"):
+      ev.KerasPredictor(model, role="candidate")
