@@ -64,6 +64,10 @@ class Fixture(str):
   """A parameter value or input taken from the pytest fixture of this name."""
 
 
+class Prepared(str):
+  """A runner argument: the path ``PREPARED[name](tmp_path)`` makes before the run."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
   """One bad input and what must happen.
@@ -405,6 +409,63 @@ TABLE = (
         "`--data-dir` that does not exist", DEFINITION, EXIT_2, "--data-dir",
         "'/no/such/dir'", "point it at a directory of CSV files",
         argv=("--data-dir", "/no/such/dir")),
+    # --- Local runner: bad CSVs in --data-dir, checked before anything runs --
+    Row("local-runner-csv-no-label", LOCAL_RUNNER,
+        "a CSV in `--data-dir` without a `label` column", DEFINITION, EXIT_2,
+        "--data-dir", "no `label` column", "Rename the label column",
+        argv=("--data-dir", Prepared("csv_no_label"))),
+    Row("local-runner-csv-string-label", LOCAL_RUNNER,
+        "a CSV whose label is a word (`seven`)", DEFINITION, EXIT_2,
+        "--data-dir", "line 3: `label` is 'seven'",
+        "map class names to numbers first",
+        argv=("--data-dir", Prepared("csv_string_label"))),
+    Row("local-runner-csv-empty-label", LOCAL_RUNNER,
+        "a CSV row with an empty label", DEFINITION, EXIT_2, "--data-dir",
+        "line 2: `label` is empty", "Fill it in or drop the row",
+        argv=("--data-dir", Prepared("csv_empty_label"))),
+    Row("local-runner-csv-header-only", LOCAL_RUNNER,
+        "a CSV with a header and no rows", DEFINITION, EXIT_2, "--data-dir",
+        "has a header and no rows", "add rows or remove the file",
+        argv=("--data-dir", Prepared("csv_header_only"))),
+    Row("local-runner-csv-ragged-rows", LOCAL_RUNNER,
+        "a CSV whose rows have different lengths", DEFINITION, EXIT_2,
+        "--data-dir", "line 3: 64 fields, the header has 65",
+        "one value per column", argv=("--data-dir", Prepared("csv_ragged"))),
+    Row("local-runner-csv-field-too-long", LOCAL_RUNNER,
+        "a CSV field over the csv module's limit (131,072 characters)",
+        DEFINITION, EXIT_2, "--data-dir", "field larger than field limit",
+        "Shorten or remove that field",
+        argv=("--data-dir", Prepared("csv_long_field"))),
+    Row("local-runner-csv-label-out-of-range", LOCAL_RUNNER,
+        "a CSV label outside 0..9 (the Trainer's 10 classes)", DEFINITION,
+        EXIT_2, "--data-dir", "`label` is 10, outside 0..9",
+        "Fix the label or drop the row",
+        argv=("--data-dir", Prepared("csv_label_10"))),
+    Row("local-runner-csv-byte-order-mark", LOCAL_RUNNER,
+        "a CSV starting with a UTF-8 byte-order mark", DEFINITION, EXIT_2,
+        "--data-dir", "starts with a UTF-8 byte-order mark",
+        "save it as UTF-8 without BOM",
+        argv=("--data-dir", Prepared("csv_bom"))),
+    # --- Local runner: options and the push destination ---------------------
+    Row("local-runner-empty-pipeline-name", LOCAL_RUNNER,
+        "`--pipeline-name ''`", DEFINITION, EXIT_2, "--pipeline-name", "''",
+        "e.g. digits_compression", argv=("--pipeline-name", "")),
+    Row("local-runner-empty-output-dir", LOCAL_RUNNER, "`--output-dir ''`",
+        DEFINITION, EXIT_2, "--output-dir", "''", "give a directory",
+        argv=("--output-dir", "")),
+    Row("local-runner-train-steps-too-large", LOCAL_RUNNER,
+        "`--train-steps 3000000000` (over 32 bits)", DEFINITION, EXIT_2,
+        "--train-steps", "3000000000", "at most 2,147,483,647",
+        argv=("--train-steps", "3000000000")),
+    Row("local-runner-search-sparsities-empty", LOCAL_RUNNER,
+        "`--search-sparsities ','`", DEFINITION, EXIT_2,
+        "--search-sparsities", "','", "comma-separated numbers in [0, 1)",
+        argv=("--search-sparsities", ",")),
+    Row("local-runner-push-destination-not-writable", LOCAL_RUNNER,
+        "`<output-dir>/serving_model` (the push destination) is a file",
+        DEFINITION, EXIT_2, "push destination", "is a file",
+        "choose another --output-dir",
+        argv=("--output-dir", Prepared("serving_model_is_a_file"))),
     Row("kubeflow-runner-untagged-image", KUBEFLOW_RUNNER,
         "`--image` without a tag", DEFINITION, EXIT_2, "--image",
         "'tfx-compression'", "name a fixed version",
@@ -595,6 +656,47 @@ def empty_module_file(bad_root):
   return path
 
 
+def _csv_dir(tmp_path, text: str = "", raw: bytes = b"") -> str:
+  """A --data-dir holding one CSV with the digits' header (unless ``raw``)."""
+  d = tmp_path / "data"
+  d.mkdir()
+  header = ",".join(fixtures.FEATURES + [fixtures.LABEL]) + "\n"
+  (d / "digits.csv").write_bytes(raw or (header + text).encode())
+  return str(d)
+
+
+def _row(label: str, value: str = "0", width: int = 64) -> str:
+  return ",".join([value] * width + [label]) + "\n"
+
+
+def _serving_model_is_a_file(tmp_path) -> str:
+  out = tmp_path / "existing_out"
+  out.mkdir()
+  (out / "serving_model").write_text("not a directory")
+  return str(out)
+
+
+PREPARED = {
+    "csv_no_label": lambda t: _csv_dir(t, raw=(
+        ",".join(fixtures.FEATURES + ["digit"]) + "\n" + _row("3")).encode()),
+    "csv_string_label": lambda t: _csv_dir(t, _row("1") + _row("seven")),
+    "csv_empty_label": lambda t: _csv_dir(t, _row("")),
+    "csv_header_only": lambda t: _csv_dir(t, ""),
+    "csv_ragged": lambda t: _csv_dir(t, _row("1") + _row("2", width=63)),
+    "csv_long_field": lambda t: _csv_dir(t, _row("1") + _row("2", "9" * 140000)),
+    "csv_label_10": lambda t: _csv_dir(t, _row("9") + _row("10")),
+    "csv_bom": lambda t: _csv_dir(t, raw=b"\xef\xbb\xbf" + (
+        ",".join(fixtures.FEATURES + [fixtures.LABEL]) + "\n" + _row("1")).encode()),
+    "serving_model_is_a_file": _serving_model_is_a_file,
+}
+
+
+def _tree(path) -> Dict[str, int]:
+  """Every file under ``path`` and its size: what a run wrote shows as a difference."""
+  return {os.path.join(r, f): os.path.getsize(os.path.join(r, f))
+          for r, _, files in os.walk(path) for f in files}
+
+
 # ---------------------------------------------------------------------------
 # Running a row.
 # ---------------------------------------------------------------------------
@@ -708,7 +810,9 @@ def _run(row: Row, request, tmp_path) -> Optional[str]:
   raise AssertionError(f"no executor for {row.where}")
 
 
-def _runner(row: Row, tmp_path) -> subprocess.CompletedProcess:
+def _runner(row: Row, tmp_path) -> Tuple[subprocess.CompletedProcess,
+                                         Dict[str, int]]:
+  """The runner's result, and the files under ``tmp_path`` just before it ran."""
   out = tmp_path / "out"
   if row.where == LOCAL_RUNNER:
     argv = ["-m", "tfx_compression.pipelines.local_runner", "--output-dir", str(out)]
@@ -718,8 +822,12 @@ def _runner(row: Row, tmp_path) -> subprocess.CompletedProcess:
             "--pipeline-root", "gs://bucket/root", "--data-root", "gs://bucket/data",
             "--output", str(out / "spec.json")]
   # Later flags win in argparse: the row's bad value replaces the good one.
-  return subprocess.run([sys.executable, *argv, *row.argv], cwd=ROOT,
+  args = [PREPARED[a](tmp_path) if isinstance(a, Prepared) else a
+          for a in row.argv]
+  before = _tree(tmp_path)
+  proc = subprocess.run([sys.executable, *argv, *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=120)
+  return proc, before
 
 
 def _check_message(row: Row, message: str) -> None:
@@ -733,12 +841,13 @@ def _check_message(row: Row, message: str) -> None:
 @pytest.mark.parametrize("row", TABLE, ids=[r.id for r in TABLE])
 def test_bad_input(row: Row, request, tmp_path):
   if row.where in (LOCAL_RUNNER, KUBEFLOW_RUNNER):
-    proc = _runner(row, tmp_path)
+    proc, before = _runner(row, tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert len(errors) == 1, proc.stderr[-3000:]
     _check_message(row, errors[0])
     assert not (tmp_path / "out").exists()
+    assert _tree(tmp_path) == before, "a refused run wrote files"
     return
 
   if row.stage == DEFINITION:
