@@ -12,6 +12,11 @@ ARGS ?=
 
 install: $(STAMP)
 
+# pip's own output goes to .venv/install.log; on a failure its last lines are shown.
+INSTALL_LOG := $(VENV)/install.log
+QUIET_INSTALL = bash -c '"$$@" >> $(INSTALL_LOG) 2>&1 || { tail -n 40 $(INSTALL_LOG) >&2; \
+  echo "error: installing the packages failed; pip'"'"'s whole output is in $(INSTALL_LOG)" >&2; exit 1; }' quiet
+
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' || { \
 	  echo "error: this project needs CPython 3.11 as '$(PYTHON)' (found: $$($(PYTHON) --version 2>&1)). Install python3.11 or run: make PYTHON=/path/to/python3.11 $(MAKECMDGOALS)" >&2; exit 2; }
@@ -19,14 +24,16 @@ $(STAMP): pyproject.toml constraints.txt
 	  $(PYTHON) -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); \
 	    echo "error: '$(PYTHON) -m venv' failed: install the venv module, e.g. 'apt-get install python3-venv' (Debian/Ubuntu), then re-run make." >&2; exit 2; }; \
 	fi
-	$(PY) -m pip install --quiet --disable-pip-version-check "pip==$(PIP_VERSION)"
-	# TFX 1.16 declares Requires-Python <3.11 but runs on 3.11 (constraints.txt).
-	$(PY) -m pip install --quiet --disable-pip-version-check --ignore-requires-python \
+	@echo "Installing the pinned packages into $(VENV) (minutes the first time; pip's output: $(INSTALL_LOG))"
+	@: > $(INSTALL_LOG)
+	@$(QUIET_INSTALL) $(PY) -m pip install --quiet --disable-pip-version-check "pip==$(PIP_VERSION)"
+	@# TFX 1.16 declares Requires-Python <3.11 but runs on 3.11 (constraints.txt).
+	@$(QUIET_INSTALL) $(PY) -m pip install --quiet --disable-pip-version-check --ignore-requires-python \
 	  -c constraints.txt -e ".[test]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m tfx_compression.pipelines.local_runner $(ARGS)
+	@$(PY) -m tfx_compression.pipelines.local_runner $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest tests $(ARGS)
