@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PIP_VERSION := 26.3
 ARGS ?=
 
-.PHONY: demo test install kubeflow benchmark clean
+.PHONY: demo test test-current image test-image install kubeflow benchmark clean
 
 install: $(STAMP)
 
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(QUIET_INSTALL) $(PY) -m pip install --quiet --disable-pip-version-check "pip==$(PIP_VERSION)"
 	@# TFX 1.16 declares Requires-Python <3.11 but runs on 3.11 (constraints.txt).
 	@$(QUIET_INSTALL) $(PY) -m pip install --quiet --disable-pip-version-check --ignore-requires-python \
-	  -c constraints.txt -e ".[test]"
+	  -c constraints.txt -e ".[test,kubeflow]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -37,6 +37,31 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests $(ARGS)
+
+# The second tested set: TFX 1.21 / TensorFlow 2.21 / CPython 3.13 in a Debian 13 root
+# made with debootstrap (TFX 1.21 needs glibc >= 2.39). The package's wheel is installed
+# there with plain pip beside TFX 1.21, then the unit tests, tests/install and the demo
+# and penguin e2e tests run. Needs root; the root is kept in CURRENT_ROOT and reused.
+# CURRENT_TESTS="unit install demo penguin" picks parts. See tools/test_current.sh.
+CURRENT_ROOT ?= /var/cache/tfx-compression/trixie
+test-current:
+	CURRENT_ROOT="$(CURRENT_ROOT)" tools/test_current.sh
+
+# The Kubeflow image from docker/Dockerfile, built with buildah (no Docker daemon):
+#   make image [IMAGE=<name:tag>] [BASE_IMAGE=auto|debian|<image>]
+# auto: the official tensorflow/tfx:1.16.0 when it can be pulled, else a Debian 12 base
+# made with debootstrap. Needs root. See tools/build_image.sh.
+# (IMAGE keeps no default here: `make kubeflow` must be told which image to name.)
+BASE_IMAGE ?= auto
+image:
+	IMAGE="$(or $(IMAGE),localhost/tfx-compression:0.1.0)" BASE_IMAGE="$(BASE_IMAGE)" \
+	  tools/build_image.sh
+
+# Builds the image, then runs the Pruner, Quantizer and CompressionEvaluator inside it
+# through TFX's Kubeflow V2 entrypoint (tests/install/test_image.py). Needs root.
+test-image: $(STAMP) image
+	TFX_COMPRESSION_IMAGE="$(or $(IMAGE),localhost/tfx-compression:0.1.0)" \
+	  $(PY) -m pytest tests/install/test_image.py $(ARGS)
 
 # Compile the pipeline for Kubeflow Pipelines v2 / Vertex AI Pipelines (nothing is
 # uploaded or run); every step runs IMAGE, built from docker/Dockerfile:
