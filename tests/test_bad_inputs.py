@@ -372,6 +372,62 @@ TABLE = (
         "the candidate predicts NaN (NaN weights)", RUN, NOT_BLESSED,
         "candidate predictions", "NaN", "NOT BLESSED because",
         inputs=dict(candidate_model=Fixture("nan_model"))),
+    # --- The gate blesses only what it measured (issue 17) ------------------
+    Row("evaluator-max-drop-whole-range", EVALUATOR,
+        "`max_drop=5` on accuracy (bounded by [0, 1]: it cannot fail)",
+        DEFINITION, ValueError, "`max_drop`", "5.0", "Use a value below 1",
+        params=dict(max_drop=5)),
+    Row("evaluator-top-k-not-below-classes", EVALUATOR,
+        "`metric='top_k_accuracy'` with `top_k=10` on a 10-class model", RUN,
+        evaluation.EvaluationError, "`top_k`", "=10", "Use top_k < 10",
+        params=dict(metric="top_k_accuracy", top_k=10)),
+    Row("evaluator-too-few-examples", EVALUATOR,
+        "an eval split of 50 examples (fewer than `min_examples`=100)", RUN,
+        NOT_BLESSED, "`min_examples`", "only 50 example(s)",
+        "use a larger eval split"),
+    Row("evaluator-baseline-blessing-empty", EVALUATOR,
+        "`baseline_blessing` wired but resolved to no artifact at run time",
+        RUN, NOT_BLESSED, "`baseline_blessing`", "resolved to no blessing",
+        "NOT BLESSED because", params=dict(min_examples=10),
+        inputs=dict(baseline_blessing=Fixture("empty_channel"))),
+    Row("evaluator-baseline-blessing-of-another-model", EVALUATOR,
+        "`baseline_blessing` whose `current_model` is not `baseline_model`",
+        RUN, NOT_BLESSED, "`baseline_blessing`", "another model",
+        "NOT BLESSED because", params=dict(min_examples=10),
+        inputs=dict(baseline_blessing=Fixture("other_model_blessing"))),
+    Row("evaluator-missing-labels", EVALUATOR,
+        "half the eval examples have no label (VarLen label in the schema)",
+        RUN, features.DataError, "`label_key`", "have no value",
+        "Drop or label those rows", params=dict(min_examples=10),
+        inputs=dict(examples=Fixture("missing_label_examples"),
+                    schema=Fixture("varlen_label_schema"))),
+    Row("evaluator-regression-model", EVALUATOR,
+        "a regression model (one unit, MSE loss) gated on accuracy", RUN,
+        evaluation.EvaluationError, "`baseline_model`", "regression loss",
+        "`output_kind`=",
+        inputs=dict(baseline_model=Fixture("regression_model"),
+                    candidate_model=Fixture("regression_model"))),
+    Row("evaluator-two-outputs", EVALUATOR, "`baseline_model` has two outputs",
+        RUN, evaluation.EvaluationError, "`baseline_model`", "2 outputs",
+        "Export a model with that one output",
+        inputs=dict(baseline_model=Fixture("two_output_model"))),
+    Row("evaluator-label-is-a-model-input", EVALUATOR,
+        "`label_key` names one of the model's inputs", RUN, features.DataError,
+        "`label_key`", "one of the model's inputs",
+        "must not take as an input",
+        inputs=dict(baseline_model=Fixture("label_input_model"),
+                    candidate_model=Fixture("label_input_model"))),
+    Row("evaluator-feature-type-differs", EVALUATOR,
+        "Examples with float pixels, a schema saying int64", RUN,
+        features.DataError, "The feature 'pixel_", "holds float values",
+        "Regenerate the schema",
+        inputs=dict(examples=Fixture("nan_examples"))),
+    Row("pruner-missing-labels", PRUNER,
+        "half the train examples have no label (VarLen label in the schema)",
+        RUN, features.DataError, "`label_key`", "have no value",
+        "Drop or label those rows",
+        inputs=dict(examples=Fixture("missing_label_examples"),
+                    schema=Fixture("varlen_label_schema"))),
     # --- add_compression and create_pipeline --------------------------------
     Row("add-compression-nothing-to-do", ADD_COMPRESSION,
         "`sparsity_structure=None, quantization=None`", DEFINITION, ValueError,
@@ -656,6 +712,78 @@ def empty_module_file(bad_root):
   return path
 
 
+# --- Issue 17: models and data that do not fit, blessings that do not vouch --
+
+
+@pytest.fixture(scope="module")
+def empty_channel():
+  """What a wired channel resolves to when its producer was skipped."""
+  return []
+
+
+@pytest.fixture(scope="module")
+def other_model_blessing(bad_root):
+  art = standard_artifacts.ModelBlessing()
+  art.uri = os.path.join(bad_root, "other_model_blessing")
+  art.set_int_custom_property("blessed", 1)
+  art.set_string_custom_property("current_model", "/elsewhere/model")
+  return art
+
+
+@pytest.fixture(scope="module")
+def _missing_label_data(bad_root):
+  from tests.components import test_compression_evaluator_executor as t  # pylint: disable=g-import-not-at-top
+  return t.missing_label_examples(bad_root)
+
+
+@pytest.fixture(scope="module")
+def missing_label_examples(_missing_label_data):
+  return _missing_label_data[0]
+
+
+@pytest.fixture(scope="module")
+def varlen_label_schema(_missing_label_data):
+  return _missing_label_data[1]
+
+
+def _digits_inputs(extra=()):
+  return {k: keras.Input(shape=(1,), name=k)
+          for k in list(fixtures.FEATURES) + list(extra)}
+
+
+def _save_plain(model, root, name):
+  art = _model_artifact(root, name)
+  model.save(os.path.join(art.uri, model_io.SERVING_DIR), save_format="tf")
+  return art
+
+
+@pytest.fixture(scope="module")
+def regression_model(bad_root):
+  inputs = _digits_inputs()
+  out = keras.layers.Dense(1)(keras.layers.Concatenate()(list(inputs.values())))
+  model = keras.Model(inputs, out)
+  model.compile(loss="mean_squared_error")
+  return _save_plain(model, bad_root, "regression_model")
+
+
+@pytest.fixture(scope="module")
+def two_output_model(bad_root):
+  inputs = _digits_inputs()
+  x = keras.layers.Concatenate()(list(inputs.values()))
+  model = keras.Model(inputs, [
+      keras.layers.Dense(10, activation="softmax", name="digit")(x),
+      keras.layers.Dense(1, name="ink")(x)])
+  return _save_plain(model, bad_root, "two_output_model")
+
+
+@pytest.fixture(scope="module")
+def label_input_model(bad_root):
+  inputs = _digits_inputs(extra=[fixtures.LABEL])
+  x = keras.layers.Concatenate()(list(inputs.values()))
+  model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+  return _save_plain(model, bad_root, "label_input_model")
+
+
 def _csv_dir(tmp_path, text: str = "", raw: bytes = b"") -> str:
   """A --data-dir holding one CSV with the digits' header (unless ``raw``)."""
   d = tmp_path / "data"
@@ -764,7 +892,7 @@ def _run(row: Row, request, tmp_path) -> Optional[str]:
         continue
       out[key] = [overrides.get(key) or request.getfixturevalue(fixture)]
     for key, value in overrides.items():
-      out[key] = [value]
+      out[key] = value if isinstance(value, list) else [value]
     return out
 
   if row.where == PRUNER:

@@ -32,7 +32,10 @@ def _run(tmp_path, baseline, candidate, examples, schema, name="out",
   inputs = {"baseline_model": [baseline], "candidate_model": [candidate],
             "examples": [examples], "schema": [schema]}
   if baseline_blessing is not None:
-    inputs["baseline_blessing"] = [baseline_blessing]
+    # A list is what the channel resolved to (maybe nothing); else one artifact.
+    inputs["baseline_blessing"] = (baseline_blessing
+                                   if isinstance(baseline_blessing, list)
+                                   else [baseline_blessing])
   exec_properties = {"label_key": "label", "max_drop": 0.01,
                      "latency_samples": 0}
   exec_properties.update(params)
@@ -337,3 +340,180 @@ class TestComponent:
     drop = data_types.RuntimeParameter(name="max_drop", ptype=float, default=0.01)
     c = CompressionEvaluator(label_key="label", max_drop=drop, **self._channels())
     assert c.exec_properties["max_drop"] is drop
+
+
+def _blessing(tmp_path, name="upstream", blessed=1, **properties):
+  art = standard_artifacts.ModelBlessing()
+  art.uri = os.path.join(tmp_path, name)
+  art.set_int_custom_property("blessed", blessed)
+  for key, value in properties.items():
+    if isinstance(value, int):
+      art.set_int_custom_property(key, value)
+    else:
+      art.set_string_custom_property(key, value)
+  return art
+
+
+class TestBaselineBlessing:
+  """A wired baseline_blessing must be there and be this baseline's."""
+
+  def _model(self, uri, id_=0):
+    art = standard_artifacts.Model()
+    art.uri = uri
+    if id_:
+      art.id = id_
+    return art
+
+  def test_not_wired_is_no_problem(self, tmp_path):
+    assert executor.baseline_blessing_problem(
+        False, None, self._model("/m")) is None
+
+  def test_wired_but_empty(self, tmp_path):
+    problem = executor.baseline_blessing_problem(True, None, self._model("/m"))
+    assert "wired but resolved to no blessing" in problem
+
+  @pytest.mark.parametrize("props,model_id,ok", [
+      (dict(current_model_id=7), 7, True),
+      (dict(current_model_id=8), 7, False),
+      (dict(current_model="/m"), 0, True),
+      (dict(current_model="/other"), 0, False),
+      (dict(current_model_id=8, current_model="/m"), 7, False),  # ids decide
+      (dict(candidate_model_id=7), 7, True),  # a CompressionEvaluator's blessing
+      ({}, 7, False),
+  ])
+  def test_blessed_model_must_be_the_baseline(self, tmp_path, props, model_id,
+                                              ok):
+    problem = executor.baseline_blessing_problem(
+        True, _blessing(tmp_path, **props), self._model("/m", model_id))
+    assert (problem is None) == ok, problem
+    if not ok:
+      assert "`baseline_blessing`" in problem
+
+  def test_empty_channel_gives_not_blessed(self, tmp_path, model_artifact,
+                                           examples_artifact, schema_artifact):
+    blessing, _, report = _run(tmp_path, model_artifact, model_artifact,
+                               examples_artifact, schema_artifact,
+                               baseline_blessing=[])
+    assert os.listdir(blessing.uri) == ["NOT_BLESSED"]
+    assert "resolved to no blessing" in report["verdict"]
+    assert _push(tmp_path, model_artifact, blessing) == 0
+
+  def test_blessing_of_another_model_gives_not_blessed(
+      self, tmp_path, model_artifact, examples_artifact, schema_artifact):
+    other = _blessing(tmp_path, current_model="/somewhere/else/model")
+    blessing, _, report = _run(tmp_path, model_artifact, model_artifact,
+                               examples_artifact, schema_artifact,
+                               baseline_blessing=other)
+    assert os.listdir(blessing.uri) == ["NOT_BLESSED"]
+    assert report["reasons"] == [
+        "`baseline_blessing` blesses another model than `baseline_model` "
+        f"(current_model=/somewhere/else/model, baseline_model "
+        f"{model_artifact.uri})"]
+
+
+class TestEvidenceAndLabels:
+
+  def test_too_few_examples_are_not_blessed(self, tmp_path, model_artifact,
+                                            schema_artifact):
+    examples = fixtures.write_examples(str(tmp_path), limit=30)  # 10 eval
+    blessing, _, report = _run(tmp_path, model_artifact, model_artifact,
+                               examples, schema_artifact)
+    assert os.listdir(blessing.uri) == ["NOT_BLESSED"]
+    assert "only 10 example(s) were evaluated" in report["verdict"]
+    assert report["examples"]["min_examples"] == 100
+    blessing, _, report = _run(tmp_path, model_artifact, model_artifact,
+                               examples, schema_artifact, name="few_ok",
+                               min_examples=10)
+    assert os.listdir(blessing.uri) == ["BLESSED"], report["verdict"]
+
+  def test_missing_labels_are_an_error(self, tmp_path, model_artifact):
+    examples, schema = missing_label_examples(str(tmp_path))
+    with pytest.raises(features.DataError,
+                       match=r"50 of 100 examples of the 'eval' split have no "
+                       r"value for `label_key`='label'"):
+      _run(tmp_path, model_artifact, model_artifact, examples, schema,
+           min_examples=1)
+    assert not os.listdir(os.path.join(tmp_path, "out", "blessing"))
+
+
+def missing_label_examples(root):
+  """Digits whose every other example has no label; the schema's label VarLen.
+
+  What SchemaGen infers from a CSV with empty label cells.
+  """
+  from tensorflow_transform.tf_metadata import schema_utils  # pylint: disable=g-import-not-at-top
+  from tfx.utils import io_utils  # pylint: disable=g-import-not-at-top
+  x, y = fixtures.digits_arrays()
+  art = standard_artifacts.Examples()
+  art.uri = os.path.join(root, "missing_label_examples")
+  art.split_names = '["train", "eval"]'
+  for split, rows in (("train", slice(0, 100)), ("eval", slice(100, 200))):
+    d = os.path.join(art.uri, f"Split-{split}")
+    os.makedirs(d)
+    with tf.io.TFRecordWriter(os.path.join(d, "data.gz"), options="GZIP") as w:
+      for i, (pixels, label) in enumerate(zip(x[rows], y[rows])):
+        feats = {k: tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+                 for k, v in zip(fixtures.FEATURES, pixels)}
+        if i % 2:
+          feats[fixtures.LABEL] = tf.train.Feature(
+              int64_list=tf.train.Int64List(value=[int(label)]))
+        w.write(tf.train.Example(features=tf.train.Features(
+            feature=feats)).SerializeToString())
+  spec = dict(fixtures.feature_spec())
+  spec[fixtures.LABEL] = tf.io.VarLenFeature(tf.int64)
+  schema = standard_artifacts.Schema()
+  schema.uri = os.path.join(root, "varlen_label_schema")
+  os.makedirs(schema.uri)
+  io_utils.write_pbtxt_file(os.path.join(schema.uri, "schema.pbtxt"),
+                            schema_utils.schema_from_feature_spec(spec))
+  return art, schema
+
+
+_KILL_SCRIPT = """
+import os, signal, sys
+import tfx_compression
+from tfx.types import standard_artifacts
+from tfx_compression.components.compression_evaluator import executor
+base, examples_uri, schema_uri, out = sys.argv[1:5]
+
+def killed(*args, **kwargs):  # SIGKILL where the outputs would be committed
+  os.kill(os.getpid(), signal.SIGKILL)
+
+executor._commit = killed
+def art(cls, uri, **kw):
+  a = cls()
+  a.uri = uri
+  for k, v in kw.items():
+    setattr(a, k, v)
+  return a
+blessing = art(standard_artifacts.ModelBlessing, os.path.join(out, "blessing"))
+evaluation = art(standard_artifacts.ModelEvaluation, os.path.join(out, "evaluation"))
+os.makedirs(blessing.uri)
+os.makedirs(evaluation.uri)
+executor.Executor().Do(
+    {"baseline_model": [art(standard_artifacts.Model, base)],
+     "candidate_model": [art(standard_artifacts.Model, base)],
+     "examples": [art(standard_artifacts.Examples, examples_uri,
+                      split_names='["train", "eval"]')],
+     "schema": [art(standard_artifacts.Schema, schema_uri)]},
+    {"blessing": [blessing], "evaluation": [evaluation]},
+    {"label_key": "label", "max_drop": 0.01, "latency_samples": 0})
+"""
+
+
+def test_sigkill_before_the_commit_leaves_no_blessing(
+    tmp_path, model_artifact, schema_artifact):
+  """Killed after the blessing file and report are written (in the stage),
+  before they are committed: the output directories stay empty."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  examples = fixtures.write_examples(str(tmp_path), limit=150)
+  out = tmp_path / "killed"
+  proc = subprocess.run(
+      [sys.executable, "-c", _KILL_SCRIPT, model_artifact.uri, examples.uri,
+       schema_artifact.uri, str(out)],
+      capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  assert os.listdir(out / "blessing") == []
+  assert os.listdir(out / "evaluation") == []
