@@ -174,3 +174,20 @@ def test_summary_links_the_report_tensorboard_and_the_log():
 ])
 def test_key_figure(component, outputs, figure):
   assert summary.key_figure(component, outputs) == figure
+
+
+def test_the_digits_csv_passes_the_data_dir_checks(tmp_path):
+  from tfx_compression.pipelines import digits_data
+  digits_data.ensure_digits_csv(str(tmp_path))
+  assert digits_data.check_csv_dir(str(tmp_path)) == 1797
+
+
+def test_csv_files_with_different_headers_are_refused(tmp_path):
+  from tfx_compression.pipelines import digits_data
+  header = digits_data.FEATURE_KEYS + ["label"]
+  row = ",".join(["0"] * 64 + ["1"])
+  (tmp_path / "a.csv").write_text(",".join(header) + "\n" + row + "\n")
+  (tmp_path / "b.csv").write_text(",".join(header[::-1]) + "\n" + row + "\n")
+  with pytest.raises(digits_data.CsvError, match=r"b\.csv: its header differs from "
+                     r".*a\.csv's"):
+    digits_data.check_csv_dir(str(tmp_path))
