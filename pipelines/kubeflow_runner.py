@@ -36,6 +36,12 @@ PIPELINE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 DEFAULT_PIPELINE_NAME = "digits-compression"
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "kubeflow")
 TRAINER_RUN_FN = "tfx_compression.pipelines.trainers.digits_trainer.run_fn"
+# The Trainer's run_fn for each --keras (the same as pipeline.TRAINER_RUN_FNS,
+# not imported from there so that --help needs no TensorFlow).
+TRAINER_RUN_FNS = {
+    2: TRAINER_RUN_FN,
+    3: "tfx_compression.pipelines.trainers.digits_trainer_keras3.run_fn",
+}
 
 # Runtime parameter names, as they appear in the compiled spec and in a run's
 # parameter values.
@@ -214,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--quantization", default=_LOCAL_DEFAULTS["quantization"],
                  help="Quantizer mode (dynamic, float16, int8, int16x8, qat), or "
                       "none to gate the pruned SavedModel (default: %(default)s)")
+  p.add_argument("--keras", type=int, choices=(2, 3), default=2,
+                 help="train the demo CNN with tf_keras (2) or Keras 3 (3); the "
+                      "image runs both (default: %(default)s)")
   p.add_argument("--no-cache", action="store_true",
                  help="compile with step caching off")
   return p
@@ -273,7 +282,8 @@ def compile_pipeline(image: str, pipeline_root: str, data_root: str,
                      train_steps: int = _LOCAL_DEFAULTS["train_steps"],
                      sparsity_structure: str = _LOCAL_DEFAULTS["sparsity_structure"],
                      quantization: str = _LOCAL_DEFAULTS["quantization"],
-                     enable_cache: bool = True) -> Tuple[str, str]:
+                     enable_cache: bool = True,
+                     keras: int = 2) -> Tuple[str, str]:
   """Compiles the demo pipeline; returns the paths of the JSON and the YAML written.
 
   Values are not checked for remoteness here (see ``main``); the numbers are
@@ -294,7 +304,8 @@ def compile_pipeline(image: str, pipeline_root: str, data_root: str,
   common = dict(pipeline_name=pipeline_name, pipeline_root=pipeline_root,
                 data_root=data_root, serving_model_dir=serving_model_dir,
                 sparsity_structure=sparsity_structure, quantization=quantization,
-                enable_cache=enable_cache, trainer_run_fn=TRAINER_RUN_FN)
+                enable_cache=enable_cache, keras=keras,
+                trainer_run_fn=TRAINER_RUN_FNS.get(keras, TRAINER_RUN_FN))
   # The components skip RuntimeParameters when validating, so build the pipeline
   # once with the defaults as plain values: a bad default fails here, by name.
   pipeline_lib.create_pipeline(target_sparsity=target_sparsity, max_drop=max_drop,
@@ -376,7 +387,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         target_sparsity=args.target_sparsity, max_drop=args.max_drop,
         prune_steps=args.prune_steps, train_steps=args.train_steps,
         sparsity_structure=args.sparsity_structure,
-        quantization=args.quantization, enable_cache=not args.no_cache)
+        quantization=args.quantization, enable_cache=not args.no_cache,
+        keras=args.keras)
   except (ValueError, TypeError) as e:
     parser.error(str(e))
   print(json_path)

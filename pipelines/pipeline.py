@@ -7,12 +7,18 @@ the local runner, the Kubeflow runner, the tests and the benchmark.
 import os
 from typing import Any, Dict, List, Optional, Union
 
-import tfx_compression  # noqa: F401  (puts Keras 2 in force before TFX imports TF)
 from tfx_compression.components import CompressionEvaluator, Pruner, Quantizer
 from tfx import v1 as tfx
 
-DEMO_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trainers",
-                           "digits_trainer.py")
+_TRAINERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trainers")
+DEMO_MODULE = os.path.join(_TRAINERS, "digits_trainer.py")
+# The same CNN in Keras 3 (saved with tf.saved_model.save plus model.keras).
+DEMO_MODULE_KERAS3 = os.path.join(_TRAINERS, "digits_trainer_keras3.py")
+TRAINER_RUN_FNS = {
+    2: "tfx_compression.pipelines.trainers.digits_trainer.run_fn",
+    3: "tfx_compression.pipelines.trainers.digits_trainer_keras3.run_fn",
+}
+KERAS_CHOICES = (2, 3)
 LABEL_KEY = "label"
 QUANTIZATION_CHOICES = ("none", "dynamic", "float16", "int8", "int16x8", "qat")
 
@@ -23,7 +29,7 @@ def create_pipeline(
     data_root: str,
     serving_model_dir: str,
     metadata_path: Optional[str] = None,
-    module_file: str = DEMO_MODULE,
+    module_file: Optional[str] = None,
     train_steps: Union[int, Any] = 600,
     eval_steps: int = 10,
     target_sparsity: Union[float, Any] = 0.8,
@@ -41,6 +47,7 @@ def create_pipeline(
     evaluator_kwargs: Optional[Dict[str, Any]] = None,
     trainer_run_fn: Optional[str] = None,
     train_args: Optional[Any] = None,
+    keras: int = 2,
 ) -> tfx.dsl.Pipeline:
   """Builds the demo compression pipeline.
 
@@ -50,7 +57,7 @@ def create_pipeline(
     data_root: directory of CSV files (64 pixel columns and ``label``).
     serving_model_dir: the Pusher's filesystem destination.
     metadata_path: SQLite ML Metadata file (local runs); None for Kubeflow.
-    module_file: the Trainer module.
+    module_file: the Trainer module (default: the demo's, in ``keras``).
     train_steps: Trainer steps.
     eval_steps: Trainer evaluation steps.
     target_sparsity: the Pruner's target.
@@ -70,6 +77,8 @@ def create_pipeline(
       ``module_file``: nothing is packaged or uploaded when compiling (Kubeflow).
     train_args: replaces ``train_steps``: a TrainArgs proto, or a str
       RuntimeParameter holding its JSON, e.g. '{"num_steps": 600}' (Kubeflow).
+    keras: 2 trains the demo CNN with tf_keras (``digits_trainer.py``), 3 with
+      Keras 3 (``digits_trainer_keras3.py``); the components follow the model.
 
   Returns:
     The TFX pipeline.
@@ -77,6 +86,15 @@ def create_pipeline(
   if quantization not in QUANTIZATION_CHOICES:
     raise ValueError(f"`quantization`={quantization!r} is not one of "
                      f"{QUANTIZATION_CHOICES}.")
+  if isinstance(keras, bool) or keras not in KERAS_CHOICES:
+    raise ValueError(f"`keras`={keras!r} must be 2 (tf_keras) or 3 (Keras 3).")
+  if keras == 3 and quantization == "qat":
+    raise ValueError(
+        "`quantization`='qat' needs tensorflow-model-optimization, which works "
+        "on Keras 2 models only, and `keras`=3 trains a Keras 3 model. Use "
+        "quantization='int8' instead.")
+  if module_file is None:
+    module_file = DEMO_MODULE_KERAS3 if keras == 3 else DEMO_MODULE
   example_gen = tfx.components.CsvExampleGen(input_base=data_root)
   statistics_gen = tfx.components.StatisticsGen(
       examples=example_gen.outputs["examples"])

@@ -1,17 +1,15 @@
 """Trainer module of the demo: a seeded tf_keras CNN on the 8x8 digits.
 
-An ordinary TFX Trainer module (``run_fn``), written for tf_keras as a user would.
+An ordinary TFX Trainer module (``run_fn``), written for tf_keras as a user would:
+it imports ``tf_keras`` by name, so it trains Keras 2 whatever ``TF_USE_LEGACY_KERAS``
+says (``digits_trainer_keras3.py`` is the same model in Keras 3).
 Conv2D 32 -> Conv2D 64 -> MaxPool -> Dense 256 -> Dense 10 (softmax), fed the 64
 pixel features by name, and saved with ``model.save(..., save_format='tf')`` so the
 SavedModel stays loadable as Keras, with a ``serving_default`` signature that takes
 serialized tf.Examples.
 """
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top
 import tensorflow as tf
 import tf_keras as keras
 from tfx import v1 as tfx
