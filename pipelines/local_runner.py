@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="optional absolute accuracy floor for the compressed model")
   p.add_argument("--pipeline-name", default=DEFAULTS["pipeline_name"],
                  help="pipeline name in ML Metadata (default: %(default)s)")
+  p.add_argument("--keras", type=int, choices=(2, 3), default=2,
+                 help="train the demo CNN with tf_keras (2) or Keras 3 (3); the "
+                      "components follow the model (default: %(default)s)")
   p.add_argument("--no-cache", action="store_true",
                  help="re-run every step even when its inputs are unchanged")
   p.add_argument("--verbose", action="store_true",
@@ -223,6 +226,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         min_value=args.min_accuracy,
         enable_cache=not args.no_cache,
         quantizer_kwargs=_quantizer_kwargs(args),
+        keras=args.keras,
         **paths)
   except (ValueError, TypeError) as e:
     session.abort()
