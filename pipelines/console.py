@@ -75,7 +75,8 @@ class Console:
     self._live = True
 
   def _label(self, node: str) -> str:
-    number = (f"[{self.nodes.index(node) + 1}/{len(self.nodes)}] "
+    total = len(self.nodes)
+    number = (f"[{self.nodes.index(node) + 1:>{len(str(total))}}/{total}] "
               if node in self.nodes else "")
     return f"{number}{node:<{self._width}}"
 
