@@ -47,7 +47,8 @@ class PackedModel:
   """The model after its Concatenate, and how to pack its features.
 
   Attributes:
-    model: a tf_keras model taking ``{PACKED_INPUT: [batch, sum(widths)]}``.
+    model: a model of the input's Keras (3 or tf_keras) taking
+      ``{PACKED_INPUT: [batch, sum(widths)]}``.
     features: the feature names in packed order.
     widths: the values each feature takes in the packed vector.
     dtype: the packed tensor's dtype.
@@ -71,8 +72,10 @@ class PackedModel:
 
 
 def _why(model) -> str:
+  names = (getattr(model, "input_names", None)
+           or [t.name.split(":")[0] for t in model.inputs])
   return (f" Leave `pack_inputs`=0 to keep one TFLite input per feature "
-          f"(model inputs: {list(model.input_names or [])}).")
+          f"(model inputs: {list(names)}).")
 
 
 def pack_inputs(model) -> PackedModel:
@@ -83,6 +86,9 @@ def pack_inputs(model) -> PackedModel:
       [batch, width] tensor, or the inputs do not all go, each once and only,
       into one Concatenate on the last axis.
   """
+  from tfx_compression.components.common import keras_env  # pylint: disable=g-import-not-at-top
+  if keras_env.is_keras3(model):
+    return _pack_inputs_keras3(model)
   if not isinstance(model, tf_keras.Model) or not getattr(
       model, "_is_graph_network", False):
     raise PackingError(
@@ -155,3 +161,74 @@ def pack_inputs(model) -> PackedModel:
   return PackedModel(model=result, features=[name_of[id(t)] for t in joined],
                      widths=[int(t.shape[-1]) for t in joined],
                      dtype=joined[0].dtype.name, concatenate=layer.name)
+
+
+def _pack_inputs_keras3(model) -> PackedModel:
+  """:func:`pack_inputs` for a Keras 3 functional model (same rules)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  nodes_by_depth = getattr(model, "_nodes_by_depth", None)
+  if nodes_by_depth is None:
+    raise PackingError(
+        f"`pack_inputs`=1 needs a functional or Sequential Keras model; got "
+        f"{type(model).__name__}, whose graph cannot be cut.")
+  inputs = list(model.inputs)
+  names = [t.name.split(":")[0] for t in inputs]
+  if len(inputs) < 2:
+    raise PackingError("`pack_inputs`=1: the model has a single input already; "
+                       "there is nothing to pack." + _why(model))
+  name_of = {id(t): n for t, n in zip(inputs, names)}
+  for t, n in zip(inputs, names):
+    if (len(t.shape) != 2 or t.shape[-1] is None
+        or not np.dtype(t.dtype).kind == "f"):
+      raise PackingError(
+          f"`pack_inputs`=1: input {n!r} is {t.dtype} with shape "
+          f"{list(t.shape)}; only float [batch, width] inputs can be packed."
+          + _why(model))
+  dtypes = {str(t.dtype) for t in inputs}
+  if len(dtypes) != 1:
+    raise PackingError(f"`pack_inputs`=1: the inputs mix dtypes {sorted(dtypes)}."
+                       + _why(model))
+  consumers: Dict[int, List[Any]] = {id(t): [] for t in inputs}
+  for depth in nodes_by_depth.values():
+    for node in depth:
+      if node.is_input:
+        continue
+      for t in node.input_tensors:
+        if id(t) in consumers:
+          consumers[id(t)].append(node)
+  for t in inputs:
+    if len(consumers[id(t)]) != 1:
+      raise PackingError(
+          f"`pack_inputs`=1: input {name_of[id(t)]!r} feeds "
+          f"{len(consumers[id(t)])} layers; each input must go into the one "
+          "Concatenate only." + _why(model))
+  nodes = {id(consumers[id(t)][0]): consumers[id(t)][0] for t in inputs}
+  node = next(iter(nodes.values()))
+  layer = node.operation
+  axis = getattr(layer, "axis", None)
+  if (len(nodes) != 1 or not isinstance(layer, keras.layers.Concatenate)
+      or axis not in (-1, 1)):
+    used = sorted({n.operation.name for n in nodes.values()})
+    raise PackingError(
+        f"`pack_inputs`=1: the inputs go into {used}, not into one Concatenate "
+        "on the last axis, so they cannot be replaced by one packed tensor."
+        + _why(model))
+  joined = list(node.input_tensors)
+  if len(joined) != len(inputs) or len({id(t) for t in joined}) != len(joined):
+    raise PackingError(
+        f"`pack_inputs`=1: Concatenate {layer.name!r} joins "
+        f"{len(joined)} tensors, not exactly the model's {len(inputs)} inputs."
+        + _why(model))
+  width = sum(int(t.shape[-1]) for t in joined)
+  dtype = str(joined[0].dtype)
+  # Keras 3 builds a model from an inner tensor on: the Concatenate's output
+  # becomes the tail's Input.
+  tail = keras.Model(node.output_tensors[0], model.outputs[0]
+                     if len(model.outputs) == 1 else model.outputs,
+                     name=f"{model.name}_tail")
+  packed = keras.Input((width,), name=PACKED_INPUT, dtype=dtype)
+  result = keras.Model({PACKED_INPUT: packed}, tail(packed),
+                       name=f"{model.name}_packed")
+  return PackedModel(model=result, features=[name_of[id(t)] for t in joined],
+                     widths=[int(t.shape[-1]) for t in joined], dtype=dtype,
+                     concatenate=layer.name)

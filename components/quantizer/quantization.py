@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfx_compression.components.common import features as features_lib
+from tfx_compression.components.common import keras_env
 from tfx_compression.components.common import model_stats
 from tfx_compression.components.common import tflite_runtime
 from tfx_compression.components.quantizer import packing
@@ -78,7 +79,7 @@ def quantize(model, config: QuantizerConfig,
              train_data: Optional[Any] = None,
              preprocessing: str = "none",
              measure_float: bool = True) -> QuantizationResult:
-  """Converts a tf_keras model to a quantized TFLite model.
+  """Converts a Keras 3 or tf_keras model to a quantized TFLite model.
 
   The input model is never modified: QAT fine-tunes a clone.
 
@@ -88,7 +89,8 @@ def quantize(model, config: QuantizerConfig,
       result.stats["tflite_bytes"], result.io["inputs"][0]["name"]
 
   Args:
-    model: a tf_keras model whose inputs are named after the features.
+    model: a Keras 3 or tf_keras model whose inputs are named after the
+      features. 'qat' takes tf_keras models only (tfmot is Keras 2 only).
     config: the Quantizer's parameters.
     representative_data: for 'int8', 'int16x8' and 'qat': an iterable of
       feature dicts (or (features, label) pairs), batched any way; the first
@@ -104,23 +106,26 @@ def quantize(model, config: QuantizerConfig,
     A :class:`QuantizationResult`.
 
   Raises:
-    TypeError: ``model`` is not a tf_keras model (e.g. TFLite bytes).
-    ValueError: data missing or empty for a mode that needs it, or a model
-      QAT cannot rebuild.
+    TypeError: ``model`` is not a Keras model (e.g. TFLite bytes).
+    ValueError: data missing or empty for a mode that needs it, a model QAT
+      cannot rebuild, or 'qat' on a Keras 3 model.
     ConversionError: the converter failed; the message names the ops.
   """
-  import tf_keras  # pylint: disable=g-import-not-at-top
   if isinstance(model, (bytes, bytearray)):
     raise TypeError("`model` is already a TFLite flatbuffer; the Quantizer "
                     "needs the Keras model it came from (the Trainer's or the "
                     "Pruner's output).")
-  if not isinstance(model, tf_keras.Model):
-    raise TypeError(f"`model` must be a tf_keras Model, got "
-                    f"{type(model).__name__}.")
+  keras_version = keras_env.keras_version_of(model)  # TypeError if not Keras
   if preprocessing not in ("none", "transform"):
     raise ValueError(f"`preprocessing`={preprocessing!r} must be 'none' or "
                      "'transform'.")
   mode = config.quantization
+  if mode == "qat" and keras_version == keras_env.KERAS_3:
+    raise ValueError(
+        "quantization='qat' needs tensorflow-model-optimization, which works "
+        "on Keras 2 (tf_keras) models only, and this model is Keras 3 (loaded "
+        "from model.keras). Use quantization='int8' (post-training, calibrated "
+        "on the representative examples) instead.")
   input_specs = features_lib.keras_input_specs(model)
   output_names = _output_names(model)
   input_sparsity = model_stats.sparsity_stats(model)["sparsity"]
@@ -209,7 +214,8 @@ def convert(model, mode: str, samples: Sequence[Mapping[str, np.ndarray]] = (),
       flatbuffer = convert(model, "float16")
 
   Args:
-    model: the tf_keras model (for 'qat', the quantization-aware one).
+    model: the Keras 3 or tf_keras model (for 'qat', the quantization-aware
+      tf_keras one).
     mode: 'float', 'dynamic', 'float16', 'int8', 'int16x8' or 'qat'.
     samples: single-example feature dicts (batch 1) for calibration.
     io_type: 'float32', 'int8' or 'uint8' inputs/outputs ('int8', 'qat').
@@ -224,7 +230,8 @@ def convert(model, mode: str, samples: Sequence[Mapping[str, np.ndarray]] = (),
     ConversionError: naming the unsupported ops and what to do.
   """
   fn = _serving_function(model, input_specs, output_names)
-  converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
+  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+      [fn], _trackable(model))
   builtins = [tf.lite.OpsSet.TFLITE_BUILTINS]
   if mode != "float":
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -288,6 +295,20 @@ def _conversion_error(error: Exception, mode: str,
       f"(allow_select_ops={int(allow_select_ops)}): {detail}. If an op cannot "
       "be quantized, try quantization='dynamic' or 'float16'; if an op is not "
       "a TFLite builtin, set `allow_select_ops`=1.")
+
+
+def _trackable(model):
+  """What the converter saves beside the function: the model's variables.
+
+  A Keras 3 model tracks Keras variables, which wrap the tf.Variables its
+  call reads; the converter needs those tf.Variables tracked (else MLIR fails
+  on an unresolved ReadVariableOp), so they are held by a tf.Module.
+  """
+  if not keras_env.is_keras3(model):
+    return model
+  holder = tf.Module()
+  holder.variables_read = [v.value for v in model.variables]
+  return holder
 
 
 def _output_names(model) -> List[str]:
@@ -358,7 +379,7 @@ def _quantization_aware_model(model, config: QuantizerConfig, train_data,
   layers to int8 with ranges calibrated on the representative examples.
   """
   import tf_keras  # pylint: disable=g-import-not-at-top
-  import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
+  tfmot = keras_env.import_tfmot()
   from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_registry  # pylint: disable=g-import-not-at-top,line-too-long
 
   tf_keras.utils.set_random_seed(config.seed)
@@ -430,7 +451,7 @@ def _check_finite_qat(qat_model, loss: float, config: QuantizerConfig) -> None:
 
 def _without_pruning_wrappers(model):
   """strip_pruning when the model still has tfmot pruning wrappers."""
-  import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
+  tfmot = keras_env.import_tfmot()
   from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper  # pylint: disable=g-import-not-at-top,line-too-long
   if any(isinstance(l, pruning_wrapper.PruneLowMagnitude) for l in model.layers):
     logging.info("Stripping pruning wrappers before QAT.")
