@@ -103,8 +103,12 @@ def _load_weights(model, path: str) -> None:
       layer.set_weights([saved[f"{layer.name}.{i}"] for i in range(n)])
 
 
-def run_side(side: str, weights: str, steps: int, sparsity: float) -> dict:
-  """Prunes the baseline with one backend; returns its figures."""
+def run_side(side: str, weights: str, steps: int, sparsity: float,
+             out: str = "") -> dict:
+  """Prunes the baseline with one backend; returns its figures.
+
+  With ``out``, the pruned weights are written there (by layer).
+  """
   from tfx_compression.components.pruner.config import PrunerConfig
   if side == "tf_keras":
     from tfx_compression.components.pruner import pruning as backend
@@ -121,6 +125,10 @@ def run_side(side: str, weights: str, steps: int, sparsity: float) -> dict:
   result = backend.prune_model(model, _dataset(x, y, True), config,
                                eval_ds=_dataset(xt, yt, False))
   seconds = time.perf_counter() - start
+  if out:
+    import numpy as np
+    np.savez(out, **{f"{l.name}.{i}": w for l in result.model.layers
+                     for i, w in enumerate(l.get_weights())})
   return {"side": side, "seconds": seconds,
           "accuracy": result.metrics["accuracy"],
           "baseline_accuracy": result.baseline_metrics["accuracy"],
@@ -129,13 +137,25 @@ def run_side(side: str, weights: str, steps: int, sparsity: float) -> dict:
           "keras": keras.__version__}
 
 
-def _child(side, weights, steps, sparsity) -> dict:
+def _child(side, weights, steps, sparsity, out) -> dict:
   out = subprocess.run(
       [sys.executable, "-m", "benchmarks.keras3_vs_tfkeras", "--side", side,
        "--weights", weights, "--steps", str(steps), "--sparsity",
-       str(sparsity)], check=True, capture_output=True, text=True,
+       str(sparsity), "--out", out], check=True, capture_output=True, text=True,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _weight_difference(a_path: str, b_path: str) -> dict:
+  import numpy as np
+  a, b = np.load(a_path), np.load(b_path)
+  max_abs, mismatches, size = 0.0, 0, 0
+  for key in a.files:
+    x, y = a[key], b[key]
+    max_abs = max(max_abs, float(np.abs(x - y).max()))
+    mismatches += int(((x == 0) != (y == 0)).sum())
+    size += x.size
+  return {"max_abs": max_abs, "mask_mismatches": mismatches, "size": size}
 
 
 def main(argv=None) -> None:
@@ -148,10 +168,11 @@ def main(argv=None) -> None:
   parser.add_argument("--side", choices=("tf_keras", "keras3"),
                       help=argparse.SUPPRESS)
   parser.add_argument("--weights", help=argparse.SUPPRESS)
+  parser.add_argument("--out", default="", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.side:
     print(json.dumps(run_side(args.side, args.weights, args.steps,
-                              args.sparsity)))
+                              args.sparsity, args.out)))
     return
   with tempfile.TemporaryDirectory() as tmp:
     weights = os.path.join(tmp, "baseline.npz")
@@ -163,7 +184,10 @@ def main(argv=None) -> None:
     runs = {"tf_keras": [], "keras3": []}
     for _ in range(args.repeats):
       for side in runs:
-        runs[side].append(_child(side, weights, args.steps, args.sparsity))
+        runs[side].append(_child(side, weights, args.steps, args.sparsity,
+                                 os.path.join(tmp, f"{side}.npz")))
+    diff = _weight_difference(os.path.join(tmp, "tf_keras.npz"),
+                              os.path.join(tmp, "keras3.npz"))
   rows = {}
   for side, results in runs.items():
     rows[side] = dict(results[0], seconds=statistics.median(
@@ -183,6 +207,9 @@ def main(argv=None) -> None:
   print(f"wall time ratio Keras 3 / tf_keras: {ratio:.2f} (target <= 1.2: "
         f"{'PASS' if ratio <= 1.2 else 'MISS'}); all runs {a['all_seconds']} "
         f"vs {b['all_seconds']}")
+  print(f"pruned weights: max |tf_keras - Keras 3| = {diff['max_abs']:.3g}; "
+        f"zero patterns differ in {diff['mask_mismatches']} of "
+        f"{diff['size']} weights")
   print(f"accuracy gap: {gap:+.2f} points (target within 0.5: "
         f"{'PASS' if abs(gap) <= 0.5 else 'MISS'})")
 
