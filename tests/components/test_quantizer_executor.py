@@ -194,3 +194,56 @@ class TestComponent:
     Quantizer(quantization=mode, int8_io_type="int8", **self.channels())
     with pytest.raises(ValueError, match="learning_rate"):
       Quantizer(quantization=mode, learning_rate=-1.0, **self.channels())
+
+
+# ------------------------------------------------------------------ Keras 3
+
+
+@pytest.fixture(scope="module")
+def keras3_model_artifact(tmp_path_factory):
+  """The demo CNN in Keras 3, briefly trained, saved as its Trainer module does."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from tfx_compression.pipelines.trainers import digits_trainer_keras3 as trainer  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(0)
+  model = trainer.build_model()
+  x, y = fixtures.digits_arrays()
+  x = x.astype(np.float32)
+  model.fit({k: x[:, i:i + 1] for i, k in enumerate(fixtures.FEATURES)}, y,
+            epochs=2, batch_size=64, verbose=0)
+  art = standard_artifacts.Model()
+  art.uri = str(tmp_path_factory.mktemp("keras3") / "model")
+  serving = os.path.join(art.uri, "Format-Serving")
+  tf.saved_model.save(model, serving, signatures=trainer.make_serving_signatures(
+      model, fixtures.feature_spec()))
+  model.save(os.path.join(serving, "model.keras"))
+  return art
+
+
+def test_keras3_int8_model_predicts_like_the_keras_model(
+    tmp_path, keras3_model_artifact, examples_artifact, schema_artifact):
+  output = output_model(tmp_path)
+  run(keras3_model_artifact, output, examples_artifact, schema_artifact,
+      quantization="int8", label_key="label", num_representative_samples=50)
+  serving = os.path.join(output.uri, "Format-Serving")
+  with open(os.path.join(serving, "tflite_io.json")) as f:
+    io = json.load(f)
+  assert sorted(i["name"] for i in io["inputs"]) == fixtures.FEATURES
+  assert output.get_string_custom_property("quantization") == "int8"
+  model = model_io.load_keras_model(os.path.join(keras3_model_artifact.uri,
+                                                 "Format-Serving"))
+  decoder = features.ExampleDecoder(fixtures.schema_proto(), "label",
+                                    features.keras_input_specs(model))
+  feats, labels = decoder.decode(tf.constant(fixtures.serialized_eval_examples(200)))
+  keras_acc = float(np.mean(np.argmax(model(feats), 1) == labels.numpy()))
+  tflite_acc = eval_accuracy(os.path.join(serving, "model.tflite"), io)
+  assert abs(tflite_acc - keras_acc) <= 0.03, (tflite_acc, keras_acc)
+
+
+def test_keras3_qat_is_refused_naming_int8(tmp_path, keras3_model_artifact,
+                                           examples_artifact, schema_artifact):
+  output = output_model(tmp_path)
+  with pytest.raises(ValueError, match=r"this model is Keras 3 .* Use "
+                     r"quantization='int8'"):
+    run(keras3_model_artifact, output, examples_artifact, schema_artifact,
+        quantization="qat", label_key="label", qat_steps=2)
+  assert not os.listdir(output.uri)
