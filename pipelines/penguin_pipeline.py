@@ -171,6 +171,9 @@ def main(argv=None) -> int:
                            "running locally (needs --pipeline-root, --data-root)")
   parser.add_argument("--pipeline-root", default=None)
   parser.add_argument("--data-root", default=None)
+  parser.add_argument("--verbose", action="store_true",
+                      help="show every library's output on the console instead "
+                           "of <output-dir>/logs/run-<timestamp>.log")
   args = parser.parse_args(argv)
   if args.kubeflow_image:
     from tfx_compression.pipelines import kubeflow_runner  # pylint: disable=g-import-not-at-top
@@ -186,22 +189,34 @@ def main(argv=None) -> int:
         os.path.join(os.path.abspath(args.output_dir), "penguin-compression.json"))
     print(path)
     return 0
-  from tfx_compression.pipelines import penguin_data  # pylint: disable=g-import-not-at-top
+  from tfx_compression.pipelines import console, penguin_data  # pylint: disable=g-import-not-at-top
   out = os.path.abspath(args.output_dir)
-  data = penguin_data.ensure_penguins_csv(os.path.join(out, "data"))
-  pipe = create_pipeline(
-      pipeline_name="penguin_compression",
-      pipeline_root=os.path.join(out, "pipeline_root"),
-      data_root=data,
-      serving_model_dir=os.path.join(out, "serving_model"),
-      compressed_serving_model_dir=os.path.join(out, "serving_model_compressed"),
-      metadata_path=os.path.join(out, "metadata.sqlite"),
-      train_steps=args.train_steps,
-      accuracy_threshold=args.accuracy_threshold,
-      max_drop=args.max_drop,
-      quantization=args.quantization)
-  tfx.orchestration.LocalDagRunner().run(pipe)
-  return 0
+  # One line per step on the console, the rest in the log (see console.py).
+  session = console.Session(verbose=args.verbose)
+  try:
+    pipe = create_pipeline(
+        pipeline_name="penguin_compression",
+        pipeline_root=os.path.join(out, "pipeline_root"),
+        data_root=os.path.join(out, "data"),
+        serving_model_dir=os.path.join(out, "serving_model"),
+        compressed_serving_model_dir=os.path.join(out, "serving_model_compressed"),
+        metadata_path=os.path.join(out, "metadata.sqlite"),
+        train_steps=args.train_steps,
+        accuracy_threshold=args.accuracy_threshold,
+        max_drop=args.max_drop,
+        quantization=args.quantization)
+  except (ValueError, TypeError) as e:
+    session.abort()
+    parser.exit(2, f"error: {e}\n")
+  try:
+    session.keep_log(os.path.join(out, "logs"))
+    penguin_data.ensure_penguins_csv(os.path.join(out, "data"))
+    code = session.run(pipe, os.path.join(out, "metadata.sqlite"))
+    if code == 0 and session.log_path:
+      session.print(f"full log: {session.log_path}")
+    return code
+  finally:
+    session.close()
 
 
 if __name__ == "__main__":
