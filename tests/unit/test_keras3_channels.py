@@ -235,3 +235,17 @@ def test_bad_arguments_name_the_parameter():
   with pytest.raises(ChannelPruningError, match="0 channels"):
     kc.prune_channels(residual_model(), _data(), target_sparsity=0.99,
                       train_steps=2, finetune_steps=0, loss=LOSS)
+
+
+def test_prune_model_dispatches_a_keras3_model_to_channels():
+  from tfx_compression.components.pruner import pruning  # pylint: disable=g-import-not-at-top
+  from tfx_compression.components.pruner.config import PrunerConfig  # pylint: disable=g-import-not-at-top
+  config = PrunerConfig(sparsity_structure="channels", target_sparsity=0.5,
+                        train_steps=8, finetune_steps=4, frequency=2)
+  result = pruning.prune_model(residual_model(), _data(), config,
+                               eval_ds=_data(1), loss=LOSS)
+  assert isinstance(result.model, keras.Model)
+  assert result.info["channels_kept"]["a"] == 4
+  assert result.stats["sparsity"] == pytest.approx(0.5)
+  assert result.stats["param_reduction"] > 0
+  assert set(result.metrics) == {"loss", "accuracy"}

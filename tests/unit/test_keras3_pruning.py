@@ -344,3 +344,20 @@ def test_prune_model_m_by_n_config():
   result = km.prune_model(tiny_model(), tiny_data(), config)
   assert result.target_sparsity == 0.5 and result.pruned_layers == ["d1", "d2"]
   assert result.metrics == {} and result.stats["sparsity"] == 0.5
+
+
+# Through the backend-independent entry points (pruning.prune_model, the search).
+
+
+def test_search_drives_continued_pruning_on_a_keras3_model():
+  from tfx_compression.components.pruner import search  # pylint: disable=g-import-not-at-top
+  config = PrunerConfig(search_sparsities="0.3,0.5", search_steps=20,
+                        max_drop=0.99, seed=2)
+  result = search.search_sparsity(tiny_model(), tiny_data(), tiny_data(1),
+                                  config, config.gate(), loss=LOSS)
+  assert [s.sparsity for s in result.steps] == [0.3, 0.5]
+  assert result.chosen.sparsity == 0.5
+  assert isinstance(result.model, keras.Model)
+  assert result.prune_result.stats["sparsity"] == pytest.approx(0.5, abs=0.01)
+  # The steps continued one run: the second's zeros include the first's ramp.
+  assert result.steps[1].nonzero_params < result.steps[0].nonzero_params
