@@ -6,6 +6,10 @@ blessed model) -> Pusher. Compression is appended with :func:`add_compression`, 
 Pusher pushes the compressed model only when the stock Evaluator blessed the Trainer's
 model AND the CompressionEvaluator blessed the compressed one.
 
+The Trainer module (``trainers/penguin_trainer.py``) is TFX's penguin module, Keras 3
+as TFX ships it, plus the one line that writes ``model.keras``: run it with
+``TF_USE_LEGACY_KERAS`` unset.
+
     python -m tfx_compression.pipelines.penguin_pipeline --output-dir outputs/penguin
 """
 
@@ -19,7 +23,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import tfx_compression  # noqa: E402  (Keras 2 before TensorFlow)
 from tfx_compression.pipelines.compression import add_compression  # noqa: E402
 import tensorflow_model_analysis as tfma  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
