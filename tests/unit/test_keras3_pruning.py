@@ -361,3 +361,17 @@ def test_search_drives_continued_pruning_on_a_keras3_model():
   assert result.prune_result.stats["sparsity"] == pytest.approx(0.5, abs=0.01)
   # The steps continued one run: the second's zeros include the first's ramp.
   assert result.steps[1].nonzero_params < result.steps[0].nonzero_params
+
+
+def test_log_dir_gets_training_and_mask_summaries(tmp_path):
+  km.prune_to(tiny_model(), tiny_data(), target_sparsity=0.5, steps=STEPS,
+              loss=LOSS, log_dir=str(tmp_path))
+  events = [p for p in tmp_path.rglob("events.out.tfevents.*")]
+  assert {p.parent.name for p in events} >= {"train", "metrics"}
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  acc = event_accumulator.EventAccumulator(str(tmp_path / "metrics"),
+                                           size_guidance={"tensors": 0})
+  acc.Reload()
+  assert "d1/kernel/sparsity" in acc.Tags()["tensors"]
+  last = acc.Tensors("d1/kernel/sparsity")[-1]
+  assert tf.make_ndarray(last.tensor_proto) == pytest.approx(0.5, abs=0.01)
