@@ -176,11 +176,11 @@ def _check_parameters(concrete) -> Optional[QuantizerConfig]:
   one mode now; the executor checks them against the actual mode.
   """
   if QUANTIZATION_KEY in concrete:
-    return QuantizerConfig.from_properties(concrete)
+    return QuantizerConfig.from_parameters(concrete)
   first_error = None
   for mode in MODES:
     try:
-      QuantizerConfig.from_properties({**concrete, QUANTIZATION_KEY: mode})
+      QuantizerConfig.from_parameters({**concrete, QUANTIZATION_KEY: mode})
       return None
     except (TypeError, ValueError) as e:
       first_error = first_error or e

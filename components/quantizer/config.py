@@ -192,7 +192,7 @@ class QuantizerConfig:
           "them; neither is set. Wire `schema`.")
 
   @classmethod
-  def from_properties(cls, properties: Mapping[str, Any]) -> "QuantizerConfig":
+  def from_parameters(cls, properties: Mapping[str, Any]) -> "QuantizerConfig":
     """Builds from component parameters, skipping unset (None) ones."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in properties.items()

@@ -32,7 +32,7 @@ class Executor(base_executor.BaseExecutor):
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]],
          exec_properties: Dict[str, Any]) -> None:
-    config = QuantizerConfig.from_properties(exec_properties)
+    config = QuantizerConfig.from_parameters(exec_properties)
     model_artifact = artifacts.single(input_dict, MODEL_KEY)
     examples = artifacts.single(input_dict, EXAMPLES_KEY, required=False)
     schema_artifact = artifacts.single(input_dict, SCHEMA_KEY, required=False)

@@ -146,8 +146,8 @@ class TestConfig:
       QuantizerConfig(quantization="int8").require_examples(True, False)
     QuantizerConfig(quantization="float16").require_examples(False, False)
 
-  def test_from_properties_skips_unset(self):
-    c = QuantizerConfig.from_properties(
+  def test_from_parameters_skips_unset(self):
+    c = QuantizerConfig.from_parameters(
         {"quantization": "int8", "label_key": None, "seed": 3, "other": 1})
     assert (c.quantization, c.label_key, c.seed) == ("int8", None, 3)
 
