@@ -19,6 +19,7 @@ Public API (keyword names parallel to ``pruning.py``, the tf_keras/tfmot path):
 
     prune_model(model, train_ds, config, *, eval_ds=None, log_dir=None,
                 loss=None, custom_objects=None, train_examples=None) -> PruneResult
+                  (``pruning.prune_model``, which dispatches here by model type)
     prune_to(model, train_ds, *, target_sparsity, steps, loss, layers=None,
              initial_sparsity=0.0, schedule="polynomial", begin_step=0,
              end_step=None, frequency=None, m_by_n=None, learning_rate=1e-3,
@@ -39,9 +40,10 @@ Public API (keyword names parallel to ``pruning.py``, the tf_keras/tfmot path):
     pruned_kernels(model, layers), pruning_stats(model, layers),
                   m_by_n_violations(kernel, m_by_n)
     PruneResult, PruningError, NonFiniteLossError, UnsupportedModelError
+                  (``strategy``'s, shared with the tf_keras backend)
 
-Import this module without tfmot or tf_keras: it never decides which Keras the
-user's code gets.
+This module imports neither tfmot nor tf_keras: pruning a Keras 3 model never
+sets ``TF_USE_LEGACY_KERAS``.
 
 Example:
 
