@@ -17,6 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfx_compression.components.pruner import channel_graph as graph_lib
+from tfx_compression.components.pruner import channel_rules as rules
 from tfx_compression.components.pruner.channel_choice import dropped_from_kept
 from tfx_compression.components.pruner.channel_graph import ChannelGraph
 from tfx_compression.components.pruner.channel_graph import ChannelPruningError
@@ -86,7 +87,7 @@ def _slice_weights(kind: str, layer, weights: Dict[str, np.ndarray],
   """The kept slices of one layer's weights."""
   w = dict(weights)
   if kind == "producer":
-    if isinstance(layer, graph_lib.SEPARABLE):
+    if isinstance(layer, rules.SEPARABLE):
       mult = layer.depth_multiplier
       if in_idx is not None:
         w["depthwise_kernel"] = w["depthwise_kernel"][..., in_idx, :]
@@ -178,7 +179,7 @@ def _narrow_layer(graph: ChannelGraph, layer, dropped: np.ndarray):
   name = layer.name
   if name in graph.producers and name not in graph.skipped:
     n = int((~dropped[graph.producers[name].ids]).sum())
-    config["units" if isinstance(layer, graph_lib.DENSE) else "filters"] = n
+    config["units" if isinstance(layer, rules.DENSE) else "filters"] = n
   elif (graph.kinds.get(name) == "reshape"
         and graph.input_ids.get(name) is not None):
     n = int((~dropped[graph.input_ids[name]]).sum())
@@ -212,9 +213,9 @@ def count_macs(model) -> int:
     if isinstance(layer, keras.Model) and getattr(layer, "_is_graph_network", False):
       total += count_macs(layer)
       continue
-    transposed = isinstance(layer, graph_lib.TRANSPOSED)
-    if not isinstance(layer, graph_lib.PRODUCER_TYPES + graph_lib.DEPTHWISE
-                      + graph_lib.TRANSPOSED):
+    transposed = isinstance(layer, rules.TRANSPOSED)
+    if not isinstance(layer, rules.PRODUCER_TYPES + rules.DEPTHWISE
+                      + rules.TRANSPOSED):
       continue
     ref = node.keras_inputs[0] if transposed else tf.nest.flatten(node.outputs)[0]
     positions = 1
