@@ -100,3 +100,40 @@ def serialized_eval_examples(n: int = 16):
   x, y = digits_arrays()
   start = 2 * len(y) // 3
   return [_example(px, lb) for px, lb in zip(x[start:start + n], y[start:start + n])]
+
+
+# Tiny models and data for unit tests (seconds, not minutes).
+
+
+def tiny_model(seed: int = 0, keras_module=keras):
+  """16 inputs -> Dense 32 -> Dense 8 -> Dense 4 softmax; layers d1, d2, out.
+
+  ``keras_module``: tf_keras (the default) or Keras 3's ``keras``.
+  """
+  keras_module.utils.set_random_seed(seed)
+  inputs = keras_module.Input(shape=(16,), name="x")
+  h = keras_module.layers.Dense(32, activation="relu", name="d1")(inputs)
+  h = keras_module.layers.Dense(8, activation="relu", name="d2")(h)
+  out = keras_module.layers.Dense(4, activation="softmax", name="out")(h)
+  return keras_module.Model(inputs, out)
+
+
+def tiny_data(seed: int = 0, n: int = 256, nan: bool = False) -> tf.data.Dataset:
+  """(16 features, label = argmax of the first 4) batches of 32 for tiny_model."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, 16)).astype(np.float32)
+  y = (x[:, :4].argmax(axis=1)).astype(np.int64)
+  if nan:
+    x[:] = np.nan
+  return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
+      n, seed=seed).batch(32)
+
+
+def assert_same_weights(want, got) -> None:
+  """Two weight lists (``model.get_weights()``) are equal, array by array.
+
+  The lengths are compared first: ``zip`` alone would pass on a shorter list.
+  """
+  assert len(want) == len(got), (len(want), len(got))
+  for i, (a, b) in enumerate(zip(want, got)):
+    np.testing.assert_array_equal(a, b, err_msg=f"weight {i}")

@@ -1,317 +1,122 @@
-"""Structured (channel) pruning: remove whole filters and neurons from a tf_keras model.
+"""Channel pruning: whole filters and neurons removed, the model physically narrower.
 
-The pruned model is physically narrower (fewer filters, fewer units), so it is
-smaller and faster on any CPU, with no sparse kernels needed. Three steps:
+The strategy for ``sparsity_structure='channels'``. The model's Keras backend does
+the work (``keras2_channels`` for tf_keras; ``keras3_channels`` when there is
+one); this module maps the config onto it, measures the result and exports it.
+``target_sparsity`` is the share of the selected layers' channels removed.
 
-1. :func:`channel_graph.analyze` finds which output channels can be removed
-   (one rule per layer type; channels joined by Add & co. go together).
-2. Gradual pruning during fine-tuning: every ``frequency`` steps the weakest
-   filters (L1 or L2 norm of the whole filter, :mod:`channel_choice`) are masked
-   to zero, with the number of masked channels ramping like tfmot's
-   PolynomialDecay (:func:`schedules.schedule_steps`). Masks zero the producing
-   kernel slice and bias, and the per-channel parameters of what follows
-   (BatchNormalization gamma/beta/moving mean, DepthwiseConv slices), so a masked
-   channel is exactly zero everywhere downstream.
-3. :func:`channel_rebuild.rebuild_narrow` builds the narrower functional model and
-   copies the kept weight slices; it is then fine-tuned briefly.
+Example:
 
-Typical use (what the Pruner executor does):
-
-    result = prune_channels(model, train_ds, target_sparsity=0.65,
-                            train_steps=300, finetune_steps=150,
-                            learning_rate=1e-3,
-                            loss="sparse_categorical_crossentropy", seed=0)
-    export_narrow_model(result.model, model, serving_dir, samples)
+    strategy = ChannelsStrategy()
+    result = strategy.prune(plain, train_ds, config,
+                            Run(loss=loss, layers=layers, steps=300))
+    result.info["channels_kept"]  # {'conv1': 16, 'conv2': 32, 'dense1': 128}
 """
 
-import dataclasses
-import math
-from typing import Any, Callable, Collection, Dict, Mapping, Optional, Sequence
+import fnmatch
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from absl import logging
-import numpy as np
-import tensorflow as tf
-import tf_keras as keras
-
-from tfx_compression.components.common import signatures as signatures_lib
-from tfx_compression.components.pruner import channel_choice as choice
-from tfx_compression.components.pruner import channel_graph
-from tfx_compression.components.pruner import channel_rebuild as rebuild
+from tfx_compression.components.common import model_stats
 from tfx_compression.components.pruner import schedules
-
-@dataclasses.dataclass
-class ChannelPruneResult:
-  """What :func:`prune_channels` returns.
-
-  Attributes:
-    model: the narrow tf_keras functional model, fine-tuned and compiled.
-    info: 'channels_kept' {layer: n}, 'channels_before' {layer: n} (the original
-      counts when ``original_channels`` was given), 'channels_input' {layer: n}
-      (counts of the model passed in), 'params_before', 'params_after',
-      'macs_before', 'macs_after', 'channel_sparsity' (removed / before over the
-      pruned layers), 'skipped' {layer: reason}, 'target_sparsity', 'ranking',
-      'norm', and 'eval_loss' when ``eval_ds`` was given.
-  """
-  model: Any
-  info: Dict[str, Any]
+from tfx_compression.components.pruner import strategy as strategy_lib
+from tfx_compression.components.pruner.strategy import PruneResult
+from tfx_compression.components.pruner.strategy import Run
 
 
-
-def _check_steps(**steps) -> None:
-  for name, value in steps.items():
-    if value is None:
-      continue
-    if isinstance(value, bool) or not isinstance(value, int):
-      raise TypeError(f"`{name}` must be an int, got {type(value).__name__} "
-                      f"{value!r}.")
-    if value < (1 if name == "frequency" else 0):
-      raise ValueError(f"`{name}` must be >= {1 if name == 'frequency' else 0}, "
-                       f"got {value}.")
+def layer_filter(include: Sequence[str], exclude: Sequence[str]
+                ) -> Optional[Callable[[Any], bool]]:
+  """callable(layer) -> bool from include/exclude patterns (None: all)."""
+  if not include and not exclude:
+    return None
+  match = lambda name, patterns: any(fnmatch.fnmatchcase(name, p)
+                                     for p in patterns)
+  return lambda layer: ((not include or match(layer.name, include))
+                        and not match(layer.name, exclude))
 
 
+def _prune(model, train_ds, config, *, target_sparsity: float, steps: int,
+           schedule, loss, seed: int, eval_ds=None,
+           original_channels=None):
+  """The backend's prune_channels with the config's channel parameters."""
+  begin, end, freq = schedule
+  return strategy_lib.backend(model, "channels").prune_channels(
+      model, train_ds, target_sparsity=target_sparsity,
+      ranking=config.channel_ranking, norm=config.channel_norm,
+      layer_filter=layer_filter(config.include_layers, config.exclude_layers),
+      # Names listed without wildcards must be pruned (or fail, saying why).
+      explicit_layers=[p for p in config.include_layers
+                       if not any(c in p for c in "*?[")],
+      train_steps=steps, finetune_steps=config.finetune_steps,
+      begin_step=begin, end_step=end, frequency=freq,
+      learning_rate=config.learning_rate, loss=loss, seed=seed,
+      eval_ds=eval_ds, original_channels=original_channels)
 
 
-class _GradualChannelPruning(keras.callbacks.Callback):
-  """Masks the weakest channels at scheduled steps; keeps them zero after each step."""
+class ChannelsStrategy:
+  """Masks the weakest channels gradually, then rebuilds the model narrower."""
 
-  def __init__(self, graph, classes, targets, schedule, norm):
-    super().__init__()
-    self._graph = graph
-    self._classes = classes
-    self._targets = targets
-    self._schedule = schedule
-    self._norm = norm
-    self._step = 0
-    self.dropped = np.zeros(len(graph.roots), bool)
-    self._pairs = None
+  def prune(self, plain, train_ds, config, run: Run) -> PruneResult:
+    result = _prune(plain, train_ds, config,
+                    target_sparsity=config.target_sparsity, steps=run.steps,
+                    schedule=config.schedule_steps(run.steps), loss=run.loss,
+                    seed=config.seed, eval_ds=run.eval_ds)
+    return self._result(result, config, run.layers, config.target_sparsity)
 
-  def _bind(self):
-    pairs = []
-    # Every weight a pruned channel can touch, with ones until it is dropped.
-    ones = rebuild.weight_masks(self._graph,
-                                np.zeros(len(self._graph.roots), bool))
-    for key, init in ones.items():
-      name, s = key
-      var = next(w for w in self.model.get_layer(name).weights
-                 if channel_graph.short_name(w) == s)
-      pairs.append((key, var, tf.Variable(init, trainable=False, dtype=var.dtype)))
-    self._pairs = pairs
-    self._apply = tf.function(self._apply_masks)
+  def stage(self, current, train_ds, config, sparsity: float,
+            state: Dict[str, Any], *, loss, layers: Sequence[str],
+            index: int) -> PruneResult:
+    """Removes more channels, counted against the original widths."""
+    steps = config.stage_steps()
+    first = state["info"]
+    result = _prune(current, train_ds, config, target_sparsity=sparsity,
+                    steps=steps, schedule=schedules.resolve_schedule(steps),
+                    loss=loss,
+                    seed=config.seed + index,
+                    original_channels=first.get("channels_before"))
+    info = dict(result.info)
+    if first.get("channels_before"):
+      info["channels_before"] = first["channels_before"]
+      if "params_before" in first:
+        info["params_before"] = first["params_before"]
+        info["macs_before"] = first.get("macs_before")
+    state["info"] = info
+    result.info = info
+    return self._result(result, config, layers, sparsity)
 
-  def _apply_masks(self):
-    for _, var, mask in self._pairs:
-      var.assign(var * mask)
+  def _result(self, result, config, layers: Sequence[str],
+              target_sparsity: float) -> PruneResult:
+    info = dict(result.info)
+    pruned_layers = list(info.get("channels_kept", {}) or layers)
+    return PruneResult(
+        model=result.model, structure=config.sparsity_structure,
+        pruned_layers=pruned_layers,
+        stats=self.stats(result.model, pruned_layers, info), metrics={},
+        baseline_metrics={}, info=info, target_sparsity=target_sparsity)
 
-  def update(self, fraction: float):
-    if self._pairs is None:
-      self._bind()
-    targets = {k: int(math.floor(fraction * v + 0.5))
-               for k, v in self._targets.items()}
-    norms = choice.channel_norms(self.model, self._graph, self._norm)
-    self.dropped = choice.choose(self._graph, self._classes, norms, targets,
-                           self.dropped)
-    masks = rebuild.weight_masks(self._graph,
-                                 choice.expand(self._graph, self.dropped))
-    for key, _, mask in self._pairs:
-      mask.assign(masks[key].astype(mask.dtype.as_numpy_dtype))
-    self._apply()
+  def sparsities(self, config) -> List[float]:
+    return list(config.search_sparsities)
 
-  def on_train_batch_begin(self, batch, logs=None):
-    fraction = self._schedule.get(self._step)
-    if fraction is not None:
-      self.update(fraction)
+  def stats(self, model, pruned_layers: Sequence[str],
+            info: Dict[str, Any]) -> Dict[str, Any]:
+    """Channels are removed, not zeroed: the sparsity is the share of the
+    pruned layers' channels removed (what target_sparsity asks for);
+    param_reduction is the share of all parameters gone."""
+    del pruned_layers  # Read from info.
+    whole = model_stats.sparsity_stats(model)
+    before, after = info.get("params_before"), info.get("params_after")
+    return {
+        "sparsity": float(info.get("channel_sparsity", 0.0)),
+        "param_reduction": 1.0 - after / before if before and after else 0.0,
+        "param_count": whole["param_count"],
+        "zero_count": whole["zero_count"],
+        "gzip_weight_bytes": model_stats.weights_gzip_bytes(
+            model.get_weights()),
+    }
 
-  def on_train_batch_end(self, batch, logs=None):
-    self._step += 1
-    if self._pairs is not None and self.dropped.any():
-      self._apply()
-
-
-def _fit(model, ds, steps: int, learning_rate: float, loss, parameter: str,
-         callbacks=None, decay: bool = False) -> None:
-  if decay and steps > 0:
-    # Cosine to zero: the narrow model ends at a settled point, not wherever
-    # the last few steps at full rate left it. On the demo at 75% of the
-    # channels, four seeds lost 0.16/0/0.32/0 accuracy points this way, and
-    # 0.16/2.2/0/- at a constant rate.
-    learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate,
-                                                           steps)
-  model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
-  if steps <= 0:
-    return
-  # Slots made now, not inside the first traced step (which then traces twice).
-  model.optimizer.build(model.trainable_variables)
-  if ds is None:
-    raise ValueError(f"`train_ds` is None, but `{parameter}`={steps} steps of "
-                     "training need it.")
-  model.fit(ds.repeat(), steps_per_epoch=steps, epochs=1, verbose=0,
-            callbacks=callbacks)
-
-
-def prune_channels(model, train_ds, *, target_sparsity: float,
-                   ranking: str = "per_layer", norm: str = "l1",
-                   layer_filter: Optional[Callable[[Any], bool]] = None,
-                   explicit_layers: Optional[Collection[str]] = None,
-                   train_steps: int, finetune_steps: int, begin_step: int = 0,
-                   end_step: Optional[int] = None,
-                   frequency: Optional[int] = None,
-                   learning_rate: float = 1e-3, loss: Any,
-                   seed: Optional[int] = 0, eval_ds=None,
-                   original_channels: Optional[Mapping[str, int]] = None
-                   ) -> ChannelPruneResult:
-  """Removes whole filters and neurons, then fine-tunes the narrow model.
-
-  ``model`` is never modified. During ``train_steps`` a copy is fine-tuned
-  while the weakest channels (filter L1/L2 norm) are masked to zero, more of
-  them every ``frequency`` steps until the target; then the narrow model is
-  rebuilt without them and fine-tuned for ``finetune_steps``.
-
-  Step-wise search: pass a model this function already narrowed, a higher
-  ``target_sparsity`` and ``original_channels=info['channels_before']`` of the
-  first call; the target is then relative to the original channel counts and
-  only the extra channels are removed, so each step costs only its own
-  training steps.
-
-  Example:
-
-      r1 = prune_channels(model, ds, target_sparsity=0.5, train_steps=200,
-                          finetune_steps=100, loss=loss)
-      r2 = prune_channels(r1.model, ds, target_sparsity=0.7, train_steps=200,
-                          finetune_steps=100, loss=loss,
-                          original_channels=r1.info["channels_before"])
-
-  Args:
-    model: a functional or Sequential tf_keras model.
-    train_ds: batched (features, label) dataset (repeated as needed).
-    target_sparsity: fraction of output channels to remove, in [0, 1).
-    ranking: 'per_layer' (each layer loses the fraction) or 'global' (ranked
-      together after dividing each layer's norms by their mean).
-    norm: 'l1' or 'l2' of the whole filter/neuron.
-    layer_filter: callable(layer) -> bool selecting candidate layers; None =
-      every Dense/Conv/SeparableConv layer that does not produce an output.
-    explicit_layers: names the user listed exactly; blocked ones fail (see
-      :func:`analyze`).
-    train_steps: gradual pruning steps (0: one-shot removal).
-    finetune_steps: steps after the rebuild.
-    begin_step, end_step, frequency: the gradual schedule
-      (see :func:`schedule_steps`).
-    learning_rate: Adam learning rate for both phases.
-    loss: Keras loss (object or name).
-    seed: random seed (tf_keras.utils.set_random_seed), None to leave it.
-    eval_ds: optional batched dataset; its loss on the result goes to
-      ``info['eval_loss']``.
-    original_channels: layer -> channel count the targets are relative to.
-
-  Returns:
-    ChannelPruneResult(model, info).
-
-  Raises:
-    channel_graph.ChannelPruningError: see :func:`channel_graph.analyze` and
-      :func:`channel_choice.removal_targets`.
-    ValueError, TypeError: bad arguments, naming the parameter.
-  """
-  choice.check_sparsity(target_sparsity)
-  choice.check_choice("ranking", ranking, choice.RANKINGS)
-  choice.check_choice("norm", norm, choice.NORMS)
-  _check_steps(train_steps=train_steps, finetune_steps=finetune_steps,
-               begin_step=begin_step, end_step=end_step, frequency=frequency)
-  schedule = schedules.schedule_steps(train_steps, begin_step, end_step,
-                                      frequency)
-  graph = channel_graph.analyze(model, layer_filter, explicit_layers)
-  targets = choice.removal_targets(graph, target_sparsity, ranking,
-                                   original_channels)
-  classes = choice.channel_classes(graph)
-  logging.info("Channel pruning %s to sparsity %s (%s, %s): %s.",
-               graph.prunable_layers(), target_sparsity, ranking, norm,
-               graph.channel_counts())
-  if seed is not None:
-    keras.utils.set_random_seed(seed)
-
-  work = rebuild.rebuild_narrow(graph, {})
-  callback = _GradualChannelPruning(graph, classes, targets, schedule, norm)
-  if train_steps > 0:
-    _fit(work, train_ds, train_steps, learning_rate, loss, "train_steps",
-         callbacks=[callback])
-  final = choice.choose(graph, classes, choice.channel_norms(work, graph, norm),
-                        targets, callback.dropped)
-  kept = choice.kept_from_dropped(graph, choice.expand(graph, final))
-  narrow = rebuild.rebuild_narrow(graph, kept, model=work)
-  _fit(narrow, train_ds, finetune_steps, learning_rate, loss, "finetune_steps",
-       decay=True)
-
-  info = _info(graph, model, narrow, kept, original_channels)
-  info.update(target_sparsity=float(target_sparsity), ranking=ranking,
-              norm=norm)
-  if eval_ds is not None:
-    info["eval_loss"] = float(narrow.evaluate(eval_ds, verbose=0))
-  logging.info("Channel pruning kept %s; params %d -> %d, MACs %d -> %d.",
-               info["channels_kept"], info["params_before"],
-               info["params_after"], info["macs_before"], info["macs_after"])
-  return ChannelPruneResult(narrow, info)
-
-
-def _info(graph, model, narrow, kept, original_channels) -> Dict[str, Any]:
-  """What was removed and what it saved (see :class:`ChannelPruneResult`)."""
-  before = graph.channel_counts()
-  reference = {n: int((original_channels or {}).get(n, c))
-               for n, c in before.items()}
-  channels_kept = {n: int(v.size) for n, v in kept.items()}
-  return {
-      "channels_kept": channels_kept,
-      "channels_before": reference,
-      "channels_input": before,
-      "channel_sparsity": 1.0 - sum(channels_kept.values()) / max(
-          1, sum(reference.values())),
-      "params_before": int(model.count_params()),
-      "params_after": int(narrow.count_params()),
-      "macs_before": rebuild.count_macs(model),
-      "macs_after": rebuild.count_macs(narrow),
-      "skipped": dict(graph.skipped),
-  }
-
-
-def export_narrow_model(narrow_model, original_model, path: str,
-                        sample_serialized_examples: Optional[Sequence[bytes]] = None,
-                        raw_feature_spec: Optional[Mapping[str, Any]] = None,
-                        label_key: Optional[str] = None) -> Dict[str, Any]:
-  """Saves the narrow model as a Keras SavedModel with the original's signatures.
-
-  The original's serving functions read the wide model's variables, so each is
-  re-created for the narrow model (serialized tf.Examples -> parse -> optional
-  ``tft_layer`` -> model -> the same output names), after checking that the
-  re-created function, run on the wide original, reproduces the original's
-  outputs. Signatures that read none of the model's weights (TFX's
-  ``transform_features``) are kept as they are. The result loads with plain
-  ``tf.saved_model.load``.
-
-  Example:
-
-      export_narrow_model(result.model, trainer_model,
-                          os.path.join(staging, "Format-Serving"),
-                          sample_serialized_examples=examples[:32])
-
-  Args:
-    narrow_model: from :func:`prune_channels`. Its ``tft_layer`` attribute is
-      set to the original's when there is one.
-    original_model: the tf_keras model loaded from the Trainer's SavedModel.
-    path: where to write the SavedModel.
-    sample_serialized_examples: serialized raw tf.Examples to check the
-      signatures on (synthesized from the feature spec when None).
-    raw_feature_spec: raw features the serving signature parses (label
-      excluded); None: read from the original signature's ParseExampleV2 op.
-    label_key: dropped from ``raw_feature_spec`` and from transformed features.
-
-  Returns:
-    {'signatures': [names], 'regenerated': [names], 'kept': [names]}.
-
-  Raises:
-    signatures_lib.SignatureExportError: a signature cannot be re-created
-      exactly; the message names it and says what to do.
-  """
-  return signatures_lib.save_with_signatures(
-      narrow_model, original_model, path,
-      sample_serialized_examples=sample_serialized_examples,
-      raw_feature_spec=raw_feature_spec, label_key=label_key,
-      alternative="sparsity_structure='unstructured' (it keeps the original "
-      "signatures)")
-
+  def export(self, result: PruneResult, original, path: str,
+             sample_serialized_examples: Optional[Sequence[bytes]] = None,
+             label_key: Optional[str] = None) -> None:
+    """Saves the narrow model with the input's signatures re-created for it."""
+    strategy_lib.backend(original, "channels").export_narrow_model(
+        result.model, original, path, sample_serialized_examples,
+        label_key=label_key)

@@ -32,8 +32,8 @@ from tfx_compression.components.common import metrics as metrics_lib
 from tfx_compression.components.common import model_stats
 from tfx_compression.components.common import thresholds as thresholds_lib
 from tfx_compression.components.pruner import config as config_lib
-from tfx_compression.components.pruner import pruning
-from tfx_compression.components.pruner import schedules
+from tfx_compression.components.pruner import strategy as strategy_lib
+from tfx_compression.components.pruner.strategy import PruneResult
 
 SEARCH_FILENAME = "pruning_search.json"
 
@@ -72,7 +72,7 @@ class SearchResult:
   baseline_metric: float
   baseline_metrics: Dict[str, float]
   gate: thresholds_lib.GateThresholds
-  prune_result: pruning.PruneResult
+  prune_result: PruneResult
 
   @property
   def model(self):
@@ -138,16 +138,7 @@ def weights_digest(model) -> str:
 
 def stage_sparsities(config: config_lib.PrunerConfig) -> List[float]:
   """The sparsities to try, as the structure can reach them."""
-  m_by_n = config.m_by_n
-  if not m_by_n:
-    return list(config.search_sparsities)
-  n = m_by_n[1]
-  out = []
-  for s in config.search_sparsities:
-    m = min(n - 1, max(1, int(round(s * n))))
-    if not out or m / n > out[-1]:
-      out.append(m / n)
-  return out
+  return strategy_lib.for_config(config).sparsities(config)
 
 
 def search_sparsity(model, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset,
@@ -174,11 +165,12 @@ def search_sparsity(model, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset,
   Raises:
     SearchError: the first step already fails the gate.
   """
-  pruning.check_supported(model)
+  backend = strategy_lib.backend(model)
+  backend.check_supported(model)
   stage_fn = stage_fn or _stage
-  with pruning.deterministic(config.seed):
-    current = pruning.clone_model(model)
-    layers = pruning.select_layers(current, config.include_layers,
+  with backend.deterministic(config.seed):
+    current = backend.clone_model(model)
+    layers = backend.select_layers(current, config.include_layers,
                                    config.exclude_layers, config.m_by_n)
     baseline_metrics, _ = model_metrics(current, eval_ds)
     baseline_gzip = model_stats.weights_gzip_bytes(current.get_weights())
@@ -188,7 +180,7 @@ def search_sparsity(model, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset,
   writer = tf.summary.create_file_writer(f"{log_dir}/search") if log_dir else None
 
   steps: List[SearchStep] = []
-  chosen: Optional[Tuple[SearchStep, pruning.PruneResult]] = None
+  chosen: Optional[Tuple[SearchStep, PruneResult, List[Any]]] = None
   state: Dict[str, Any] = {"previous": config.initial_sparsity, "info": {}}
   for index, sparsity in enumerate(stage_sparsities(config)):
     start = time.perf_counter()
@@ -196,36 +188,16 @@ def search_sparsity(model, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset,
                             loss=loss, layers=layers, index=index,
                             eval_ds=eval_ds)
     candidate = stage_result.model
-    with pruning.deterministic(config.seed):
-      metrics, nonfinite = model_metrics(candidate, eval_ds)
-    checks = gate.check_quality(baseline, metrics[gate.metric])
-    passed = nonfinite == 0 and all(c.passed for c in checks)
-    whole = model_stats.sparsity_stats(candidate)
-    step = SearchStep(
-        index=index, sparsity=float(sparsity), structure=config.sparsity_structure,
-        metric_name=gate.metric, metric=float(metrics[gate.metric]),
-        passed=passed, checks=[c.to_dict() for c in checks],
-        param_count=whole["param_count"],
-        nonzero_params=whole["param_count"] - whole["zero_count"],
-        # The stage measured it (gzip -9 of ~1 MB takes ~0.5 s: not twice).
-        gzip_bytes=int(stage_result.stats.get("gzip_weight_bytes")
-                       or model_stats.weights_gzip_bytes(candidate.get_weights())),
-        train_steps=config.stage_steps(),
-        seconds=time.perf_counter() - start,
-        weights_sha256=weights_digest(candidate),
-        metrics={k: float(v) for k, v in metrics.items()})
+    with backend.deterministic(config.seed):
+      step = _score(index, sparsity, stage_result, eval_ds, config, gate,
+                    baseline, start)
+    passed = step.passed
     steps.append(step)
     logging.info("Search step %d: sparsity %.3f -> %s %.4f (baseline %.4f): %s.",
                  index, sparsity, gate.metric, step.metric, baseline,
                  "passed" if passed else "FAILED")
     if writer:
-      with writer.as_default():
-        tf.summary.scalar("search/sparsity", step.sparsity, step=index)
-        tf.summary.scalar(f"search/{gate.metric}", step.metric, step=index)
-        tf.summary.scalar("search/nonzero_params", step.nonzero_params, step=index)
-        tf.summary.scalar("search/gzip_bytes", step.gzip_bytes, step=index)
-        tf.summary.scalar("search/passed", int(passed), step=index)
-      writer.flush()
+      _write_step(writer, step, gate.metric)
     if not passed:
       break
     # A stage may hand back a model that later stages go on training (the
@@ -237,19 +209,10 @@ def search_sparsity(model, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset,
     writer.close()
 
   if chosen is None:
-    first = steps[0]
-    reasons = [c["description"] + f" is {c['value']:.4g}, limit "
-               f"{c['comparison']} {c['limit']:g}" for c in first.checks
-               if not c["passed"]] or ["non-finite predictions"]
-    raise SearchError(
-        f"The pruning search's first step already fails the gate: at sparsity "
-        f"{first.sparsity:g} the {gate.metric} is {first.metric:.4f} against the "
-        f"baseline's {baseline:.4f} ({'; '.join(reasons)}). No model was "
-        "emitted. Start `search_sparsities` lower (e.g. 0.3), give each step "
-        "more fine-tuning (`search_steps`), or loosen the thresholds.")
+    raise _first_step_error(steps[0], gate.metric, baseline)
   step, stage_result, weights = chosen
   if weights_digest(stage_result.model) != step.weights_sha256:
-    model = pruning.clone_model(stage_result.model)
+    model = backend.clone_model(stage_result.model)
     model.set_weights(weights)
     stage_result.model = model
   logging.info("Search chose sparsity %.3f (%s %.4f) after %d step(s).",
@@ -262,70 +225,61 @@ def search_sparsity(model, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset,
                       prune_result=stage_result)
 
 
+def _score(index: int, sparsity: float, stage_result: PruneResult, eval_ds,
+           config: config_lib.PrunerConfig,
+           gate: thresholds_lib.GateThresholds, baseline: float,
+           start: float) -> SearchStep:
+  """Scores one step's model on the eval split against the gate."""
+  candidate = stage_result.model
+  metrics, nonfinite = model_metrics(candidate, eval_ds)
+  checks = gate.check_quality(baseline, metrics[gate.metric])
+  passed = nonfinite == 0 and all(c.passed for c in checks)
+  whole = model_stats.sparsity_stats(candidate)
+  return SearchStep(
+      index=index, sparsity=float(sparsity), structure=config.sparsity_structure,
+      metric_name=gate.metric, metric=float(metrics[gate.metric]),
+      passed=passed, checks=[c.to_dict() for c in checks],
+      param_count=whole["param_count"],
+      nonzero_params=whole["param_count"] - whole["zero_count"],
+      # The stage measured it (gzip -9 of ~1 MB takes ~0.5 s: not twice).
+      gzip_bytes=int(stage_result.stats.get("gzip_weight_bytes")
+                     or model_stats.weights_gzip_bytes(candidate.get_weights())),
+      train_steps=config.stage_steps(),
+      seconds=time.perf_counter() - start,
+      weights_sha256=weights_digest(candidate),
+      metrics={k: float(v) for k, v in metrics.items()})
+
+
+def _write_step(writer, step: SearchStep, metric: str) -> None:
+  """The step's point of the curve, as TensorBoard scalars under search/."""
+  with writer.as_default():
+    tf.summary.scalar("search/sparsity", step.sparsity, step=step.index)
+    tf.summary.scalar(f"search/{metric}", step.metric, step=step.index)
+    tf.summary.scalar("search/nonzero_params", step.nonzero_params,
+                      step=step.index)
+    tf.summary.scalar("search/gzip_bytes", step.gzip_bytes, step=step.index)
+    tf.summary.scalar("search/passed", int(step.passed), step=step.index)
+  writer.flush()
+
+
+def _first_step_error(first: SearchStep, metric: str,
+                      baseline: float) -> SearchError:
+  reasons = [c["description"] + f" is {c['value']:.4g}, limit "
+             f"{c['comparison']} {c['limit']:g}" for c in first.checks
+             if not c["passed"]] or ["non-finite predictions"]
+  return SearchError(
+      f"The pruning search's first step already fails the gate: at sparsity "
+      f"{first.sparsity:g} the {metric} is {first.metric:.4f} against the "
+      f"baseline's {baseline:.4f} ({'; '.join(reasons)}). No model was "
+      "emitted. Start `search_sparsities` lower (e.g. 0.3), give each step "
+      "more fine-tuning (`search_steps`), or loosen the thresholds.")
+
+
 def _stage(current, train_ds, config: config_lib.PrunerConfig, sparsity: float,
            state: Dict[str, Any], *, loss, layers: Sequence[str], index: int,
-           eval_ds=None) -> pruning.PruneResult:
+           eval_ds=None) -> PruneResult:
   """One step: prune ``current`` (the previous step's model) on to ``sparsity``."""
-  steps = config.stage_steps()
-  seed = config.seed + index
-  if config.sparsity_structure == config_lib.CHANNELS:
-    from tfx_compression.components.pruner import channels  # pylint: disable=g-import-not-at-top
-    begin, end, freq = schedules.resolve_schedule(steps, 0, None, None)
-    result = channels.prune_channels(
-        current, train_ds, target_sparsity=sparsity,
-        ranking=config.channel_ranking, norm=config.channel_norm,
-        layer_filter=pruning.layer_filter(config.include_layers,
-                                          config.exclude_layers),
-        explicit_layers=[p for p in config.include_layers
-                         if not any(c in p for c in "*?[")],
-        train_steps=steps, finetune_steps=config.finetune_steps,
-        begin_step=begin, end_step=end, frequency=freq,
-        learning_rate=config.learning_rate, loss=loss, seed=seed,
-        original_channels=state["info"].get("channels_before"))
-    info = dict(result.info)
-    if state["info"].get("channels_before"):
-      info["channels_before"] = state["info"]["channels_before"]
-      if "params_before" in state["info"]:
-        info["params_before"] = state["info"]["params_before"]
-        info["macs_before"] = state["info"].get("macs_before")
-    state["info"] = info
-    whole = model_stats.sparsity_stats(result.model)
-    before, after = info.get("params_before"), info.get("params_after")
-    stats = {
-        "sparsity": float(info.get("channel_sparsity", sparsity)),
-        "param_reduction": 1.0 - after / before if before and after else 0.0,
-        "param_count": whole["param_count"],
-        "zero_count": whole["zero_count"],
-        "gzip_weight_bytes": model_stats.weights_gzip_bytes(
-            result.model.get_weights()),
-    }
-    return pruning.PruneResult(
-        model=result.model, structure=config.sparsity_structure,
-        pruned_layers=list(info.get("channels_kept", {})), stats=stats,
-        metrics={}, baseline_metrics={}, info=info, target_sparsity=sparsity)
-
-  m_by_n = config.m_by_n
-  if m_by_n:
-    block = (int(round(sparsity * m_by_n[1])), m_by_n[1])
-    pruned = pruning.prune_to(
-        current, train_ds, target_sparsity=sparsity, steps=steps, loss=loss,
-        layers=layers, m_by_n=block, learning_rate=config.learning_rate,
-        seed=seed)
-    structure = f"{block[0]}:{block[1]}"
-  else:
-    # One wrapped, compiled model for the whole search: each step only moves
-    # the schedule's target and trains on (see pruning.ContinuedPruning).
-    run = state.get("continued")
-    if run is None:
-      run = pruning.ContinuedPruning(current, layers, loss=loss,
-                                     schedule=config.schedule,
-                                     learning_rate=config.learning_rate,
-                                     seed=config.seed)
-      state["continued"] = run
-    pruned = run.stage(train_ds, state["previous"], sparsity, steps, seed=seed)
-    structure = config.sparsity_structure
-  stats = pruning.pruning_stats(pruned, layers)
-  return pruning.PruneResult(
-      model=pruned, structure=structure, pruned_layers=list(layers),
-      stats=stats, metrics={}, baseline_metrics={}, info={},
-      target_sparsity=sparsity)
+  del eval_ds  # Each step is scored by the search, with the gate's metric.
+  return strategy_lib.for_config(config).stage(
+      current, train_ds, config, sparsity, state, loss=loss, layers=layers,
+      index=index)

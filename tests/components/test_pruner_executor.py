@@ -19,6 +19,7 @@ from tfx_compression.components.common import features
 from tfx_compression.components.common import model_io
 from tfx_compression.components.pruner import component
 from tfx_compression.components.pruner import executor
+from tfx_compression.components.pruner import m_by_n
 from tfx_compression.components.pruner import pruning
 from tests import fixtures
 
@@ -165,8 +166,7 @@ def test_same_seed_same_weights(unstructured, tmp_path, model_artifact,
                   target_sparsity=0.8)
   a = keras.models.load_model(model_io.serving_dir(out.uri), compile=False)
   b = keras.models.load_model(model_io.serving_dir(again.uri), compile=False)
-  for x, y in zip(a.get_weights(), b.get_weights()):
-    np.testing.assert_array_equal(x, y)
+  fixtures.assert_same_weights(a.get_weights(), b.get_weights())
 
 
 def test_two_four_blocks(tmp_path, model_artifact, examples_artifact,
@@ -180,7 +180,7 @@ def test_two_four_blocks(tmp_path, model_artifact, examples_artifact,
   model = keras.models.load_model(model_io.serving_dir(out.uri), compile=False)
   for name in ("conv2", "dense1", "probabilities"):
     kernel = model.get_layer(name).kernel.numpy()
-    assert pruning.m_by_n_violations(kernel, (2, 4)) == 0, name
+    assert m_by_n.m_by_n_violations(kernel, (2, 4)) == 0, name
 
 
 def test_channels(tmp_path, model_artifact, examples_artifact,
@@ -347,3 +347,28 @@ def test_search_whose_first_step_fails_emits_nothing(tmp_path, model_artifact,
          search_sparsities="0.5,0.7", search_steps=20, min_value=1.01)
   assert "sparsity 0.5" in str(e.value)
   assert not os.path.exists(tmp_path / "run" / "pruned_model" / "Format-Serving")
+
+
+class _Killed(Exception):
+  """Stands for a SIGKILL in the middle of the pruning."""
+
+
+def test_scratch_lives_inside_the_output_artifact(tmp_path, model_artifact,
+                                                  examples_artifact,
+                                                  schema_artifact, monkeypatch):
+  seen = {}
+
+  def killed(model, train_ds, config, export_dir, **kwargs):
+    seen.update(export_dir=export_dir, log_dir=kwargs["log_dir"])
+    raise _Killed()
+
+  monkeypatch.setattr(pruning, "prune_and_export", killed)
+  with pytest.raises(_Killed):
+    _run(tmp_path, model_artifact, examples_artifact, schema_artifact)
+  # What a SIGKILL at that moment would have left: all inside the artifact of
+  # the killed execution, nothing in the system's temporary directory.
+  artifact = str(tmp_path / "run" / "pruned_model") + os.sep
+  assert seen["export_dir"].startswith(artifact), seen
+  assert seen["log_dir"].startswith(artifact), seen
+  _assert_no_output(tmp_path)
+  assert not os.path.exists(tmp_path / "run" / "pruned_model" / ".scratch")

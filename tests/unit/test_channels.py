@@ -13,7 +13,7 @@ from tfx_compression.components.common import signatures as signatures_lib
 from tfx_compression.components.pruner import channel_choice
 from tfx_compression.components.pruner import channel_graph
 from tfx_compression.components.pruner import channel_rebuild
-from tfx_compression.components.pruner import channels
+from tfx_compression.components.pruner import keras2_channels as channels
 from tfx_compression.components.pruner import schedules
 from tfx_compression.pipelines.trainers import digits_trainer
 from tests import fixtures
@@ -398,7 +398,7 @@ def test_prune_channels_gradually_then_fine_tunes():
   assert info["params_after"] == result.model.count_params() < info["params_before"]
   assert info["macs_after"] < info["macs_before"]
   assert "y" in info["skipped"] and np.isfinite(info["eval_loss"])
-  assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+  fixtures.assert_same_weights(before, model.get_weights())
 
 
 def test_continuing_from_a_narrowed_model_is_relative_to_the_original():

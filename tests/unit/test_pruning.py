@@ -1,35 +1,27 @@
 """Unit tests of the Pruner's config and pure pruning functions, on tiny models."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
 
 from tfx_compression.components.pruner import config as config_lib
+from tfx_compression.components.pruner import keras2_magnitude
+from tfx_compression.components.pruner import keras2_training
+from tfx_compression.components.pruner import m_by_n
 from tfx_compression.components.pruner import pruning
 from tfx_compression.components.pruner.config import PrunerConfig
+from tests import fixtures
 
 STEPS = 40
 
 
-def tiny_model(seed: int = 0) -> keras.Model:
-  """16 inputs -> Dense 32 -> Dense 8 -> Dense 4 softmax; named layers."""
-  keras.utils.set_random_seed(seed)
-  inputs = keras.Input(shape=(16,), name="x")
-  h = keras.layers.Dense(32, activation="relu", name="d1")(inputs)
-  h = keras.layers.Dense(8, activation="relu", name="d2")(h)
-  out = keras.layers.Dense(4, activation="softmax", name="out")(h)
-  return keras.Model(inputs, out)
-
-
-def tiny_data(seed: int = 0, n: int = 256, nan: bool = False) -> tf.data.Dataset:
-  rng = np.random.default_rng(seed)
-  x = rng.normal(size=(n, 16)).astype(np.float32)
-  y = (x[:, :4].argmax(axis=1)).astype(np.int64)
-  if nan:
-    x[:] = np.nan
-  return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
-      n, seed=seed).batch(32)
+tiny_model = fixtures.tiny_model
+tiny_data = fixtures.tiny_data
 
 
 LOSS = keras.losses.SparseCategoricalCrossentropy()
@@ -131,32 +123,32 @@ class TestConfig:
 class TestSelectLayers:
 
   def test_default_is_every_prunable_layer(self):
-    assert pruning.select_layers(tiny_model()) == ["d1", "d2", "out"]
+    assert keras2_magnitude.select_layers(tiny_model()) == ["d1", "d2", "out"]
 
   def test_include_exclude(self):
     m = tiny_model()
-    assert pruning.select_layers(m, include=["d*"]) == ["d1", "d2"]
-    assert pruning.select_layers(m, exclude=["out"]) == ["d1", "d2"]
+    assert keras2_magnitude.select_layers(m, include=["d*"]) == ["d1", "d2"]
+    assert keras2_magnitude.select_layers(m, exclude=["out"]) == ["d1", "d2"]
 
   def test_pattern_matching_nothing_names_it_and_lists_layers(self):
     with pytest.raises(ValueError) as e:
-      pruning.select_layers(tiny_model(), include=["conv*"])
+      keras2_magnitude.select_layers(tiny_model(), include=["conv*"])
     msg = str(e.value)
     assert "include_layers" in msg and "'conv*'" in msg
     assert "['d1', 'd2', 'out']" in msg
 
   def test_exclude_everything(self):
     with pytest.raises(ValueError, match="No layer is left"):
-      pruning.select_layers(tiny_model(), exclude=["*"])
+      keras2_magnitude.select_layers(tiny_model(), exclude=["*"])
 
   def test_m_by_n_skips_layers_without_full_blocks(self):
     inputs = keras.Input(shape=(6,))
     h = keras.layers.Dense(8, name="odd_in")(inputs)   # input dim 6
     out = keras.layers.Dense(4, name="even_in")(h)     # input dim 8
     m = keras.Model(inputs, out)
-    assert pruning.select_layers(m, m_by_n=(2, 4)) == ["even_in"]
+    assert keras2_magnitude.select_layers(m, m_by_n=(2, 4)) == ["even_in"]
     with pytest.raises(ValueError, match="odd_in.*multiple of 4"):
-      pruning.select_layers(m, include=["odd_in"], m_by_n=(2, 4))
+      keras2_magnitude.select_layers(m, include=["odd_in"], m_by_n=(2, 4))
 
   def test_subclassed_model_is_refused_with_its_layers(self):
 
@@ -172,7 +164,7 @@ class TestSelectLayers:
     m = Sub()
     m(tf.zeros([1, 3]))
     with pytest.raises(pruning.UnsupportedModelError) as e:
-      pruning.prune_to(m, tiny_data(), target_sparsity=0.5, steps=4, loss=LOSS)
+      keras2_magnitude.prune_to(m, tiny_data(), target_sparsity=0.5, steps=4, loss=LOSS)
     msg = str(e.value)
     assert "subclassed" in msg and "hidden (Dense)" in msg
     assert "functional" in msg
@@ -184,46 +176,44 @@ class TestSelectLayers:
 def test_unstructured_reaches_target_and_leaves_input_alone():
   model = tiny_model()
   before = [w.copy() for w in model.get_weights()]
-  pruned = pruning.prune_to(model, tiny_data(), target_sparsity=0.75,
+  pruned = keras2_magnitude.prune_to(model, tiny_data(), target_sparsity=0.75,
                             steps=STEPS, loss=LOSS, layers=["d1", "d2"])
   assert_kernel_sparsity(pruned, ["d1", "d2"], 0.75)
   # Not selected: untouched by the mask.
   assert (pruned.get_layer("out").kernel.numpy() != 0).all()
   # The caller's model: same weights, no wrapper.
-  for a, b in zip(before, model.get_weights()):
-    np.testing.assert_array_equal(a, b)
-  assert not pruning.is_wrapped(model) and not pruning.is_wrapped(pruned)
+  fixtures.assert_same_weights(before, model.get_weights())
+  assert not keras2_magnitude.is_wrapped(model) and not keras2_magnitude.is_wrapped(pruned)
   assert [l.name for l in pruned.layers] == [l.name for l in model.layers]
 
 
 def test_constant_schedule_reaches_target():
-  pruned = pruning.prune_to(tiny_model(), tiny_data(), target_sparsity=0.5,
+  pruned = keras2_magnitude.prune_to(tiny_model(), tiny_data(), target_sparsity=0.5,
                             steps=STEPS, loss=LOSS, schedule="constant")
   assert_kernel_sparsity(pruned, ["d1", "d2", "out"], 0.5)
 
 
 def test_m_by_n_blocks():
-  pruned = pruning.prune_to(tiny_model(), tiny_data(), target_sparsity=0.0,
+  pruned = keras2_magnitude.prune_to(tiny_model(), tiny_data(), target_sparsity=0.0,
                             steps=STEPS, loss=LOSS, m_by_n=(2, 4))
   for name in ("d1", "d2", "out"):
     kernel = pruned.get_layer(name).kernel.numpy()
-    assert pruning.m_by_n_violations(kernel, (2, 4)) == 0, name
+    assert m_by_n.m_by_n_violations(kernel, (2, 4)) == 0, name
     assert (kernel == 0).mean() == pytest.approx(0.5)
 
 
 def test_m_by_n_check_can_fail():
   dense = np.ones((8, 3), np.float32)
-  assert pruning.m_by_n_violations(dense, (2, 4)) == 6  # 3 outputs x 2 blocks
+  assert m_by_n.m_by_n_violations(dense, (2, 4)) == 6  # 3 outputs x 2 blocks
   conv = np.ones((3, 3, 8, 2), np.float32)
   conv[:, :, 0:2, :] = 0     # first block of the input dim: 2 zeros each
-  assert pruning.m_by_n_violations(conv, (2, 4)) == 9 * 2  # the second block
+  assert m_by_n.m_by_n_violations(conv, (2, 4)) == 9 * 2  # the second block
 
 
 def test_same_seed_same_weights_and_masks():
-  runs = [pruning.prune_to(tiny_model(), tiny_data(), target_sparsity=0.6,
+  runs = [keras2_magnitude.prune_to(tiny_model(), tiny_data(), target_sparsity=0.6,
                            steps=STEPS, loss=LOSS, seed=3) for _ in range(2)]
-  for a, b in zip(runs[0].get_weights(), runs[1].get_weights()):
-    np.testing.assert_array_equal(a, b)
+  fixtures.assert_same_weights(runs[0].get_weights(), runs[1].get_weights())
   # Not vacuous: the runs trained (the surviving weights moved).
   start = tiny_model().get_layer("d1").kernel.numpy()
   end = runs[0].get_layer("d1").kernel.numpy()
@@ -232,9 +222,9 @@ def test_same_seed_same_weights_and_masks():
 
 def test_continues_from_current_weights_to_higher_sparsity():
   """The search contract: stage 2 keeps stage 1's zeros and adds more."""
-  half = pruning.prune_to(tiny_model(), tiny_data(), target_sparsity=0.5,
+  half = keras2_magnitude.prune_to(tiny_model(), tiny_data(), target_sparsity=0.5,
                           steps=STEPS, loss=LOSS)
-  more = pruning.prune_to(half, tiny_data(), initial_sparsity=0.5,
+  more = keras2_magnitude.prune_to(half, tiny_data(), initial_sparsity=0.5,
                           target_sparsity=0.75, steps=STEPS, loss=LOSS)
   assert_kernel_sparsity(more, ["d1", "d2", "out"], 0.75)
   for name in ("d1", "d2"):
@@ -245,28 +235,28 @@ def test_continues_from_current_weights_to_higher_sparsity():
 
 def test_nan_loss_raises():
   with pytest.raises(pruning.NonFiniteLossError, match="learning_rate"):
-    pruning.prune_to(tiny_model(), tiny_data(nan=True), target_sparsity=0.5,
+    keras2_magnitude.prune_to(tiny_model(), tiny_data(nan=True), target_sparsity=0.5,
                      steps=STEPS, loss=LOSS)
 
 
 def test_resolve_loss_from_output_activation():
-  loss, _ = pruning.resolve_loss(tiny_model())
+  loss, _ = keras2_training.resolve_loss(tiny_model())
   assert isinstance(loss, keras.losses.SparseCategoricalCrossentropy)
   assert not loss.get_config()["from_logits"]
   inputs = keras.Input(shape=(3,))
   logits = keras.Model(inputs, keras.layers.Dense(5)(inputs))
-  loss, _ = pruning.resolve_loss(logits)
+  loss, _ = keras2_training.resolve_loss(logits)
   assert loss.get_config()["from_logits"]
   binary = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(
       inputs))
-  loss, _ = pruning.resolve_loss(binary)
+  loss, _ = keras2_training.resolve_loss(binary)
   assert isinstance(loss, keras.losses.BinaryCrossentropy)
 
 
 def test_resolve_loss_prefers_compiled():
   m = tiny_model()
   m.compile(optimizer="adam", loss="mse")
-  assert pruning.resolve_loss(m) == ("mse", "compiled model")
+  assert keras2_training.resolve_loss(m) == ("mse", "compiled model")
 
 
 def test_prune_model_measures(tmp_path):
@@ -300,5 +290,50 @@ def test_nan_loss_raises_on_the_loss():
   logits = keras.Model(inputs, keras.layers.Dense(4, name="d")(inputs))
   loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
   with pytest.raises(pruning.NonFiniteLossError, match="loss became nan"):
-    pruning.prune_to(logits, tiny_data(nan=True), target_sparsity=0.5,
+    keras2_magnitude.prune_to(logits, tiny_data(nan=True), target_sparsity=0.5,
                      steps=STEPS, loss=loss)
+
+
+# A Keras 3 model goes to the Keras 3 backend, and tfmot is never imported.
+
+
+_KERAS3_SCRIPT = """
+import os, sys
+import keras, numpy as np, tensorflow as tf
+from tfx_compression.components.pruner import pruning
+from tfx_compression.components.pruner.config import PrunerConfig
+from tests import fixtures
+keras.utils.set_random_seed(0)
+inp = keras.Input((16,), name="x")
+h = keras.layers.Dense(32, activation="relu", name="d1")(inp)
+m = keras.Model(inp, keras.layers.Dense(4, activation="softmax", name="out")(h))
+rng = np.random.default_rng(0)
+x = rng.normal(size=(128, 16)).astype("float32")
+ds = tf.data.Dataset.from_tensor_slices((x, x[:, :4].argmax(1))).batch(32)
+for structure in ("unstructured", "2:4", "channels"):
+  r = pruning.prune_model(m, ds, PrunerConfig(
+      target_sparsity=0.5, train_steps=20, finetune_steps=5,
+      exclude_layers="out", sparsity_structure=structure), eval_ds=ds)
+  print("RESULT", structure, type(r.model).__module__.split(".")[0],
+        round(r.stats["sparsity"], 2), ",".join(r.pruned_layers),
+        ",".join(sorted(r.metrics)))
+print("RESULT tfmot", any(k.startswith("tensorflow_model_optimization")
+                          for k in sys.modules),
+      os.environ.get("TF_USE_LEGACY_KERAS"))
+"""
+
+
+def test_keras3_model_is_pruned_by_the_keras3_backend_without_tfmot():
+  env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+  done = subprocess.run([sys.executable, "-c", _KERAS3_SCRIPT],
+                        capture_output=True, text=True, env=env, timeout=600,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = [l.split()[1:] for l in done.stdout.splitlines()
+           if l.startswith("RESULT")]
+  assert lines == [
+      ["unstructured", "keras", "0.5", "d1", "accuracy,loss"],
+      ["2:4", "keras", "0.5", "d1", "accuracy,loss"],
+      ["channels", "keras", "0.5", "d1", "accuracy,loss"],
+      ["tfmot", "False", "None"],
+  ]

@@ -7,6 +7,7 @@ import tf_keras as keras
 
 from tfx_compression.components.common import thresholds
 from tfx_compression.components.pruner import config as config_lib
+from tfx_compression.components.pruner import keras2_magnitude
 from tfx_compression.components.pruner import pruning
 from tfx_compression.components.pruner import schedules
 from tfx_compression.components.pruner import search
@@ -60,7 +61,7 @@ class FakeStage:
     new.get_layer("hidden").set_weights([k, b])
     return pruning.PruneResult(model=new, structure="unstructured",
                                pruned_layers=["hidden"],
-                               stats=pruning.pruning_stats(new, ["hidden"]),
+                               stats=keras2_magnitude.pruning_stats(new, ["hidden"]),
                                metrics={}, baseline_metrics={}, info={},
                                target_sparsity=sparsity)
 
@@ -165,13 +166,13 @@ class TestConfig:
 def test_unstructured_steps_share_one_wrapped_model_and_emit_the_chosen_weights(
     model, monkeypatch):
   wraps = []
-  real_wrap = pruning._wrap  # pylint: disable=protected-access
+  real_wrap = keras2_magnitude._wrap  # pylint: disable=protected-access
 
   def counting_wrap(*args, **kw):
     wraps.append(1)
     return real_wrap(*args, **kw)
 
-  monkeypatch.setattr(pruning, "_wrap", counting_wrap)
+  monkeypatch.setattr(keras2_magnitude, "_wrap", counting_wrap)
   config = cfg(search_sparsities="0.4,0.6,0.99", max_drop=0.05)
   result = search.search_sparsity(model, tiny_data(), tiny_data(), config,
                                   config.gate(), loss="sparse_categorical_crossentropy")

@@ -1,0 +1,169 @@
+"""What every pruning structure shares: the result, the errors, the protocol, the backends.
+
+A structure ('unstructured', 'M:N', 'channels') is a :class:`Strategy`: it prunes
+a model, measures what it pruned, continues a search step from the previous
+step's model, and exports the result. :func:`prune_model` and the search only
+choose the strategy (:func:`for_config`) and delegate.
+
+Each strategy works on the model's own Keras: a tf_keras (Keras 2) model is
+pruned with tensorflow-model-optimization (``keras2_magnitude``), a Keras 3
+model by the Keras 3 backend (``keras3_magnitude``). Backends are imported when
+a model of their Keras is pruned, never before: importing tfmot sets
+``TF_USE_LEGACY_KERAS=1``.
+
+Example:
+
+    strategy = for_config(config)             # e.g. the 'channels' strategy
+    result = strategy.prune(plain, train_ds, config, run)
+    strategy.export(result, original, "/tmp/out", samples, label_key="label")
+"""
+
+import dataclasses
+import importlib
+from typing import Any, Dict, List, Optional, Protocol, Sequence
+
+from tfx_compression.components.common import keras_env
+
+
+class PruningError(RuntimeError):
+  """Fine-tuning failed (e.g. the loss became NaN); no model may be emitted."""
+
+
+class NonFiniteLossError(PruningError):
+  """The fine-tuning loss became NaN or infinite."""
+
+
+class UnsupportedModelError(ValueError):
+  """The model is of a kind the pruning backend cannot wrap."""
+
+
+@dataclasses.dataclass
+class PruneResult:
+  """What :func:`prune_model` produced.
+
+  Attributes:
+    model: the pruned Keras model (wrappers stripped; for 'channels', the
+      narrower model).
+    structure: the sparsity structure used.
+    pruned_layers: names of the layers pruned.
+    stats: sizes and sparsity (see :meth:`Strategy.stats`).
+    metrics: eval metrics of the pruned model ({} without eval data).
+    baseline_metrics: the same metrics of the input model.
+    info: structure-specific details (channels: channels kept, params, MACs).
+    target_sparsity: the sparsity aimed at (M/N for an M:N structure).
+  """
+  model: Any
+  structure: str
+  pruned_layers: List[str]
+  stats: Dict[str, Any]
+  metrics: Dict[str, float]
+  baseline_metrics: Dict[str, float]
+  info: Dict[str, Any]
+  target_sparsity: float
+
+  def properties(self) -> Dict[str, Any]:
+    """Flat name -> number/string, for custom properties of the artifact."""
+    props = dict(self.info)  # structure-specific first: the common names win
+    props.update(self.stats)
+    props["sparsity_structure"] = self.structure
+    props["target_sparsity"] = self.target_sparsity
+    props["pruned_layers"] = ",".join(self.pruned_layers)
+    for name, value in self.metrics.items():
+      props[f"eval_{name}"] = value
+    for name, value in self.baseline_metrics.items():
+      props[f"baseline_eval_{name}"] = value
+    return props
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What one fixed pruning run is given besides the model, data and config.
+
+  Attributes:
+    loss: the fine-tuning loss.
+    layers: the layers selected for pruning (tfmot's notion of prunable).
+    steps: fine-tuning steps.
+    eval_ds: finite (features, label) batches, or None.
+    log_dir: TensorBoard directory, or None.
+    train_examples: examples in the train split (with ``config.epochs``).
+  """
+  loss: Any
+  layers: Sequence[str]
+  steps: int
+  eval_ds: Any = None
+  log_dir: Optional[str] = None
+  train_examples: Optional[int] = None
+
+
+class Strategy(Protocol):
+  """One sparsity structure. Implementations: unstructured, m_by_n, channels."""
+
+  def prune(self, plain, train_ds, config, run: Run) -> PruneResult:
+    """Prunes ``plain`` (a copy the caller owns) as ``config`` says.
+
+    Returns a result whose ``metrics`` and ``baseline_metrics`` are empty:
+    the caller evaluates.
+    """
+
+  def stage(self, current, train_ds, config, sparsity: float,
+            state: Dict[str, Any], *, loss, layers: Sequence[str],
+            index: int) -> PruneResult:
+    """One search step: prunes ``current`` (the last step's model) on to
+    ``sparsity``; ``state`` carries what later steps need."""
+
+  def sparsities(self, config) -> List[float]:
+    """The search's sparsities, as this structure can reach them."""
+
+  def stats(self, model, pruned_layers: Sequence[str],
+            info: Dict[str, Any]) -> Dict[str, Any]:
+    """Achieved sparsity and sizes of a pruned model."""
+
+  def export(self, result: PruneResult, original, path: str,
+             sample_serialized_examples: Optional[Sequence[bytes]] = None,
+             label_key: Optional[str] = None) -> None:
+    """Writes a tf_keras ``result.model`` at ``path`` with ``original``'s
+    signatures (Keras 3 models: ``keras3_export``, the same for every
+    structure)."""
+
+
+def for_structure(structure: str) -> Strategy:
+  """The strategy of a ``sparsity_structure`` ('unstructured', 'channels', 'M:N')."""
+  # pylint: disable=g-import-not-at-top
+  if structure == "channels":
+    from tfx_compression.components.pruner import channels
+    return channels.ChannelsStrategy()
+  if ":" in structure:
+    from tfx_compression.components.pruner import m_by_n
+    return m_by_n.MByNStrategy()
+  from tfx_compression.components.pruner import unstructured
+  return unstructured.UnstructuredStrategy()
+
+
+def for_config(config) -> Strategy:
+  """The strategy of ``config.sparsity_structure``."""
+  return for_structure(config.sparsity_structure)
+
+
+def backend(model, kind: str = "magnitude"):
+  """The module that prunes ``model`` for ``kind`` ('magnitude' or 'channels').
+
+  tf_keras models (and anything that is not a Keras 3 model, which the Keras 2
+  backend then refuses clearly) go to ``keras2_<kind>``; Keras 3 models to
+  ``keras3_<kind>``.
+
+  Raises:
+    UnsupportedModelError: a Keras 3 model and no Keras 3 backend for ``kind``.
+  """
+  package = "tfx_compression.components.pruner"
+  if not keras_env.is_keras3(model):
+    return importlib.import_module(f"{package}.keras2_{kind}")
+  try:
+    return importlib.import_module(f"{package}.keras3_{kind}")
+  except ModuleNotFoundError as e:
+    if e.name != f"{package}.keras3_{kind}":
+      raise
+    raise UnsupportedModelError(
+        f"The model is a Keras 3 model ({type(model).__name__}); "
+        f"{'channel' if kind == 'channels' else kind} pruning of Keras 3 "
+        "models is not available. Use sparsity_structure='unstructured' or an "
+        "M:N structure, or save the model with tf_keras (Keras 2).") from e
