@@ -15,7 +15,11 @@ Signatures taking named tensors feed them to the model (through ``tft_layer`` wh
 the model's inputs are not among them). Signatures that read none of the model's
 weights (TFX's ``transform_features``) are kept as they are. Every re-created
 signature is first run on the ORIGINAL model and must reproduce the original
-signature's outputs; otherwise :class:`SignatureExportError` names it.
+signature's outputs; otherwise :class:`SignatureExportError` names it. An
+original signature is run only if its graph holds nothing but computation
+(:func:`unsafe_ops` reads the graph first): one holding an op that may act
+outside the model (``tf.io.write_file``, ``tf.print``, ``py_function``, ...) is
+refused if it must be re-created, and kept unrun if it is kept as it is.
 
     info = save_with_signatures(narrow, original, "/out/Format-Serving",
                                 sample_serialized_examples=examples)
@@ -41,6 +45,43 @@ class _Recipe:
   kind: str  # 'examples' | 'tensors' | 'keep'
   takes_examples: bool  # one tf.string[None] input: serialized tf.Examples
   parse_spec: Optional[Dict[str, Any]] = None
+
+
+# Stateful ops a serving graph may hold without acting outside the model's
+# computation: calls (their bodies are checked too), variable reads, lookup
+# tables (TFT vocabularies, read from the model's own assets), assertions and
+# random numbers. Any other stateful op (tf.io.write_file's WriteFile, tf.print,
+# py_function, summaries, variable assignments) could act on the world.
+_SAFE_STATEFUL_OPS = frozenset({
+    "StatefulPartitionedCall", "PartitionedCall", "ReadVariableOp",
+    "VarHandleOp", "VarIsInitializedOp", "VariableShape", "ResourceGather",
+    "HashTableV2", "MutableHashTableV2", "MutableDenseHashTableV2",
+    "AnonymousHashTable", "LookupTableFindV2", "LookupTableSizeV2",
+    "LookupTableImportV2", "InitializeTableV2", "InitializeTableFromTextFileV2",
+    "Assert", "RandomUniform", "RandomUniformInt", "RandomStandardNormal",
+    "TruncatedNormal",
+})
+
+
+def unsafe_ops(fn) -> List[str]:
+  """Stateful op types in ``fn``'s graph (and the functions it calls) that may
+  act outside the model's computation; [] if running ``fn`` only computes.
+
+  Read from the graph, without running it.
+  """
+  # pylint: disable-next=g-import-not-at-top
+  from tensorflow.python.framework import op_def_registry
+  graph_def = fn.graph.as_graph_def()
+  library = {f.signature.name for f in graph_def.library.function}
+  ops = {n.op for n in graph_def.node}
+  for f in graph_def.library.function:
+    ops.update(n.op for n in f.node_def)
+  unsafe = []
+  for op in sorted(ops - library - _SAFE_STATEFUL_OPS):
+    op_def = op_def_registry.get(op)
+    if op_def is None or op_def.is_stateful:  # Unknown: do not run it.
+      unsafe.append(op)
+  return unsafe
 
 
 def _input_specs(fn) -> List[Tuple[str, tf.TensorSpec]]:
@@ -347,14 +388,23 @@ def save_with_signatures(new_model, original_model, path: str,
           "read from the signatures: pass sample_serialized_examples.")
     examples = _synthesize_examples(spec)
 
+  # The originals are run below to check the re-created signatures: only if
+  # running them computes and does nothing else.
+  unsafe = {r.name: unsafe_ops(originals[r.name]) for r in recipes}
+  for recipe in recipes:
+    if unsafe[recipe.name] and recipe.kind != "keep":
+      raise fail(recipe.name, "its graph holds ops that may act outside the "
+                 f"model's computation ({', '.join(unsafe[recipe.name])}), so "
+                 "the Pruner does not run it to check the re-created signature")
+
   new_fns = {}
   for recipe in recipes:
     original_fn = originals[recipe.name]
-    sample = _sample_inputs(recipe, examples)
-    want = original_fn(**sample)
     if recipe.kind == "keep":
       new_fns[recipe.name] = original_fn
       continue
+    sample = _sample_inputs(recipe, examples)
+    want = original_fn(**sample)
     try:
       wide = _make_function(original_model, recipe, tft_layer, label_key)
       problem = _compare(recipe.name, want,
@@ -388,6 +438,8 @@ def save_with_signatures(new_model, original_model, path: str,
       raise fail(name, f"the saved signature's inputs/outputs "
                  f"{_signature_specs(loaded.signatures[name])} differ from the "
                  f"original's {_signature_specs(originals[name])}")
+    if unsafe[name]:
+      continue  # Kept as it was, and not run: its specs were compared above.
     sample = _sample_inputs(recipe, examples)
     problem = _compare(name, originals[name](**sample),
                        loaded.signatures[name](**sample),

@@ -476,6 +476,33 @@ def test_export_refuses_a_signature_it_cannot_recreate(tmp_path):
   assert not os.path.exists(tmp_path / "narrow" / "saved_model.pb")
 
 
+def test_export_never_runs_a_signature_that_acts_outside_the_model(tmp_path):
+  keras.utils.set_random_seed(0)
+  model = dict_dense()
+  spec = {"a": tf.io.FixedLenFeature([3], tf.float32),
+          "b": tf.io.FixedLenFeature([2], tf.float32)}
+  marker = tmp_path / "written_by_the_signature.txt"
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+  def serve(serialized):
+    tf.io.write_file(str(marker), "the graph ran")  # A side effect.
+    return {"y": model(tf.io.parse_example(serialized, spec))}
+
+  model.save(str(tmp_path / "orig"), save_format="tf",
+             signatures={"serving_default": serve.get_concrete_function()})
+  original = model_io.load_keras_model(str(tmp_path / "orig"))
+  assert signatures_lib.unsafe_ops(original.signatures["serving_default"]) == [
+      "WriteFile"]
+  narrow = channels.prune_channels(original, None, target_sparsity=0.5,
+                                   train_steps=0, finetune_steps=0,
+                                   loss="mse").model
+  with pytest.raises(signatures_lib.SignatureExportError,
+                     match=r"'serving_default'.*WriteFile.*not run.*unstructured"):
+    channels.export_narrow_model(narrow, original, str(tmp_path / "narrow"))
+  assert not marker.exists()
+  assert not os.path.exists(tmp_path / "narrow" / "saved_model.pb")
+
+
 def test_export_with_transform_keeps_transform_features(tmp_path):
   # pylint: disable=g-import-not-at-top
   tft = pytest.importorskip("tensorflow_transform")
