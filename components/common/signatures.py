@@ -26,6 +26,7 @@ refused if it must be re-created, and kept unrun if it is kept as it is.
 """
 
 import dataclasses
+import functools
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
@@ -349,20 +350,53 @@ def save_with_signatures(new_model, original_model, path: str,
     new_model.save(path, save_format="tf", include_optimizer=False)
     return {"signatures": [], "regenerated": [], "kept": []}
 
-  def fail(name: str, why: str) -> SignatureExportError:
-    return SignatureExportError(
-        f"Serving signature '{name}' of the original model cannot be re-created "
-        f"for the rebuilt model: {why}. The rebuilt signature follows the TFX "
-        "pattern (serialized tf.Examples -> tf.io.parse_example -> optional "
-        "tft_layer -> model -> outputs by name). Pass `raw_feature_spec` if "
-        f"the parsing differs, or use {alternative}.")
-
+  fail = functools.partial(_failure, alternative=alternative)
   recipes = _recipes(original_model)
   attr, tft_layer = find_tft_layer(original_model)
   if tft_layer is not None:
     setattr(new_model, attr, tft_layer)
+  _set_parse_specs(recipes, originals, raw_feature_spec, label_key, fail)
+  examples = _examples_for(recipes, originals, sample_serialized_examples)
+  # The originals are run below to check the re-created signatures: only if
+  # running them computes and does nothing else.
+  unsafe = {r.name: unsafe_ops(originals[r.name]) for r in recipes}
+  for recipe in recipes:
+    if unsafe[recipe.name] and recipe.kind != "keep":
+      raise fail(recipe.name, "its graph holds ops that may act outside the "
+                 f"model's computation ({', '.join(unsafe[recipe.name])}), so "
+                 "the Pruner does not run it to check the re-created signature")
+  new_fns = {r.name: _new_function(r, originals[r.name], original_model,
+                                   new_model, tft_layer, label_key, examples,
+                                   fail)
+             for r in recipes}
+  try:
+    new_model.save(path, save_format="tf", include_optimizer=False,
+                   signatures=new_fns)
+  except (ValueError, TypeError, AssertionError) as e:
+    raise SignatureExportError(
+        f"Saving the rebuilt model with signatures {sorted(new_fns)} failed: "
+        f"{type(e).__name__}: {str(e)[:300]}. Use {alternative}.") from e
+  _check_saved(path, recipes, originals, examples, unsafe, fail)
+  regenerated = [r.name for r in recipes if r.kind != "keep"]
+  kept = [r.name for r in recipes if r.kind == "keep"]
+  logging.info("Saved %s with signatures %s re-created and %s kept as they were.",
+               path, regenerated, kept)
+  return {"signatures": sorted(originals), "regenerated": regenerated,
+          "kept": kept}
 
-  examples = list(sample_serialized_examples or [])
+
+def _failure(name: str, why: str, alternative: str) -> SignatureExportError:
+  return SignatureExportError(
+      f"Serving signature '{name}' of the original model cannot be re-created "
+      f"for the rebuilt model: {why}. The rebuilt signature follows the TFX "
+      "pattern (serialized tf.Examples -> tf.io.parse_example -> optional "
+      "tft_layer -> model -> outputs by name). Pass `raw_feature_spec` if "
+      f"the parsing differs, or use {alternative}.")
+
+
+def _set_parse_specs(recipes: List[_Recipe], originals, raw_feature_spec,
+                     label_key: Optional[str], fail) -> None:
+  """What each examples-taking signature parses (the label left out)."""
   for recipe in recipes:
     if recipe.kind == "examples":
       if raw_feature_spec is not None:
@@ -374,59 +408,56 @@ def save_with_signatures(new_model, original_model, path: str,
           raise fail(recipe.name, f"its feature spec cannot be read ({e})") from e
       spec.pop(label_key, None)
       recipe.parse_spec = spec
-  if not examples and any(r.takes_examples for r in recipes):
-    spec = next((r.parse_spec for r in recipes if r.parse_spec), None)
-    for recipe in recipes:
-      if spec is None and recipe.takes_examples:
-        try:
-          spec = infer_raw_feature_spec(originals[recipe.name])
-        except SignatureExportError:
-          continue
-    if spec is None:
-      raise SignatureExportError(
-          "No sample_serialized_examples were given and no feature spec can be "
-          "read from the signatures: pass sample_serialized_examples.")
-    examples = _synthesize_examples(spec)
 
-  # The originals are run below to check the re-created signatures: only if
-  # running them computes and does nothing else.
-  unsafe = {r.name: unsafe_ops(originals[r.name]) for r in recipes}
+
+def _examples_for(recipes: List[_Recipe], originals,
+                  sample_serialized_examples: Optional[Sequence[bytes]]
+                  ) -> List[bytes]:
+  """The examples the checks run on: given, else synthesized from a spec."""
+  examples = list(sample_serialized_examples or [])
+  if examples or not any(r.takes_examples for r in recipes):
+    return examples
+  spec = next((r.parse_spec for r in recipes if r.parse_spec), None)
   for recipe in recipes:
-    if unsafe[recipe.name] and recipe.kind != "keep":
-      raise fail(recipe.name, "its graph holds ops that may act outside the "
-                 f"model's computation ({', '.join(unsafe[recipe.name])}), so "
-                 "the Pruner does not run it to check the re-created signature")
-
-  new_fns = {}
-  for recipe in recipes:
-    original_fn = originals[recipe.name]
-    if recipe.kind == "keep":
-      new_fns[recipe.name] = original_fn
-      continue
-    sample = _sample_inputs(recipe, examples)
-    want = original_fn(**sample)
-    try:
-      wide = _make_function(original_model, recipe, tft_layer, label_key)
-      problem = _compare(recipe.name, want,
-                         wide(*[sample[n] for n, _ in recipe.inputs]), True)
-    except SignatureExportError as e:
-      problem = str(e)
-    except (ValueError, TypeError, KeyError, tf.errors.OpError) as e:
-      problem = f"{type(e).__name__}: {str(e)[:300]}"
-    if problem:
-      raise fail(recipe.name, "re-created for the original model, it does not "
-                 f"reproduce the original signature: {problem}")
-    narrow = _make_function(new_model, recipe, tft_layer, label_key)
-    new_fns[recipe.name] = narrow.get_concrete_function()
-
-  try:
-    new_model.save(path, save_format="tf", include_optimizer=False,
-                   signatures=new_fns)
-  except (ValueError, TypeError, AssertionError) as e:
+    if spec is None and recipe.takes_examples:
+      try:
+        spec = infer_raw_feature_spec(originals[recipe.name])
+      except SignatureExportError:
+        continue
+  if spec is None:
     raise SignatureExportError(
-        f"Saving the rebuilt model with signatures {sorted(new_fns)} failed: "
-        f"{type(e).__name__}: {str(e)[:300]}. Use {alternative}.") from e
+        "No sample_serialized_examples were given and no feature spec can be "
+        "read from the signatures: pass sample_serialized_examples.")
+  return _synthesize_examples(spec)
 
+
+def _new_function(recipe: _Recipe, original_fn, original_model, new_model,
+                  tft_layer, label_key: Optional[str], examples: List[bytes],
+                  fail):
+  """The signature for ``new_model``, once its recipe reproduces the original."""
+  if recipe.kind == "keep":
+    return original_fn
+  sample = _sample_inputs(recipe, examples)
+  want = original_fn(**sample)
+  try:
+    wide = _make_function(original_model, recipe, tft_layer, label_key)
+    problem = _compare(recipe.name, want,
+                       wide(*[sample[n] for n, _ in recipe.inputs]), True)
+  except SignatureExportError as e:
+    problem = str(e)
+  except (ValueError, TypeError, KeyError, tf.errors.OpError) as e:
+    problem = f"{type(e).__name__}: {str(e)[:300]}"
+  if problem:
+    raise fail(recipe.name, "re-created for the original model, it does not "
+               f"reproduce the original signature: {problem}")
+  narrow = _make_function(new_model, recipe, tft_layer, label_key)
+  return narrow.get_concrete_function()
+
+
+def _check_saved(path: str, recipes: List[_Recipe], originals,
+                 examples: List[bytes], unsafe: Mapping[str, List[str]],
+                 fail) -> None:
+  """The saved signatures have the original names and specs, and outputs."""
   loaded = tf.saved_model.load(path)
   if set(loaded.signatures) != set(originals):
     raise SignatureExportError(
@@ -446,9 +477,3 @@ def save_with_signatures(new_model, original_model, path: str,
                        values=recipe.kind == "keep")
     if problem:
       raise fail(name, f"the saved signature returns {problem}")
-  regenerated = [r.name for r in recipes if r.kind != "keep"]
-  kept = [r.name for r in recipes if r.kind == "keep"]
-  logging.info("Saved %s with signatures %s re-created and %s kept as they were.",
-               path, regenerated, kept)
-  return {"signatures": sorted(originals), "regenerated": regenerated,
-          "kept": kept}
