@@ -7,7 +7,12 @@ name, and what depends on ``TF_USE_LEGACY_KERAS`` runs in its own process.
 
 import pytest
 
-from tests import fixtures
+from tfx_compression.components.common import keras_env
+
+# tensorflow-transform (imported by the fixtures) sets TF_USE_LEGACY_KERAS=1 on
+# import; the processes tests start must get the environment as it was.
+with keras_env.user_keras_unchanged():
+  from tests import fixtures
 
 
 @pytest.fixture(scope="session")
