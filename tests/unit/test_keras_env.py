@@ -27,12 +27,14 @@ def run(code, legacy=None):
 
 def test_unset_gives_keras3_to_a_module_imported_after_us():
   # TFX's own penguin module does `from tensorflow import keras`.
-  out = run("import os, keras;"
+  out = run("import os, sys, keras;"
             "from tfx_compression import Pruner, Quantizer, CompressionEvaluator;"
+            "tfmot = 'tensorflow_model_optimization' in sys.modules;"
             "from tfx.examples.penguin import penguin_utils_keras as p;"
             "print(isinstance(p.keras.layers.Dense(1), keras.layers.Layer),"
-            " os.environ.get('TF_USE_LEGACY_KERAS'))")
-  assert out == "True None"
+            " os.environ.get('TF_USE_LEGACY_KERAS'), tfmot)")
+  # tfmot (which sets TF_USE_LEGACY_KERAS=1) is not imported until needed.
+  assert out == "True None False"
 
 
 def test_set_to_1_gives_tf_keras_as_before():
