@@ -11,9 +11,12 @@ from sklearn import metrics as skm
 import tensorflow as tf
 import tf_keras as keras
 
+from tfx_compression.components.common import metrics as metrics_lib
 from tfx_compression.components.common import thresholds
 from tfx_compression.components.compression_evaluator import config as config_lib
 from tfx_compression.components.compression_evaluator import evaluation as ev
+from tfx_compression.components.compression_evaluator import latency as latency_lib
+from tfx_compression.components.compression_evaluator import predictors
 
 SEED = 7
 
@@ -21,11 +24,11 @@ SEED = 7
 def _stats_in_batches(outputs, labels, top_k=5, sizes=(37, 100, 1)):
   """Stats computed batch by batch (uneven sizes) and merged, the output kind
   detected once as the evaluator does."""
-  kind = ev.detect_output_kind(outputs[:64])
+  kind = metrics_lib.detect_output_kind(outputs[:64])
   total, start, i = None, 0, 0
   while start < len(labels):
     end = start + sizes[i % len(sizes)]
-    s = ev.batch_stats(outputs[start:end], labels[start:end], top_k, kind)
+    s = metrics_lib.batch_stats(outputs[start:end], labels[start:end], top_k, kind)
     total = s if total is None else total.merge(s)
     start, i = end, i + 1
   return total
@@ -48,7 +51,7 @@ class TestMetricsMatchSklearn:
     else:
       outputs = probs = _random_probs(rng, n, c)
     stats = _stats_in_batches(outputs, labels, top_k=3)
-    m = ev.metrics_from_stats(stats)
+    m = metrics_lib.metrics_from_stats(stats)
     pred = probs.argmax(1)
     assert m["count"] == n
     assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, pred), abs=1e-12)
@@ -74,7 +77,7 @@ class TestMetricsMatchSklearn:
     p1 = special.expit(rng.normal(0, 1.5, n) + 1.2 * (labels - 0.5))
     outputs = {"sigmoid": p1[:, None], "logit": special.logit(p1),
                "two_units": np.stack([1 - p1, p1], 1)}[kind]
-    m = ev.metrics_from_stats(_stats_in_batches(outputs, labels))
+    m = metrics_lib.metrics_from_stats(_stats_in_batches(outputs, labels))
     pred = (p1 > 0.5).astype(int)
     assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, pred))
     assert m["precision"] == pytest.approx(skm.precision_score(labels, pred))
@@ -85,9 +88,9 @@ class TestMetricsMatchSklearn:
 
   def test_auc_is_exact_when_scores_fall_in_distinct_bins(self):
     rng = np.random.default_rng(SEED + 2)
-    scores = (rng.permutation(ev.AUC_BINS)[:300] + 0.5) / ev.AUC_BINS
+    scores = (rng.permutation(metrics_lib.AUC_BINS)[:300] + 0.5) / metrics_lib.AUC_BINS
     labels = rng.integers(0, 2, 300)
-    m = ev.metrics_from_stats(ev.batch_stats(scores, labels))
+    m = metrics_lib.metrics_from_stats(metrics_lib.batch_stats(scores, labels))
     assert m["auc"] == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-12)
 
 
@@ -96,8 +99,8 @@ class TestStatistics:
   def test_merge_is_independent_of_batching_and_order(self):
     rng = np.random.default_rng(SEED)
     probs, labels = _random_probs(rng, 300, 4), rng.integers(0, 4, 300)
-    whole = ev.batch_stats(probs, labels)
-    parts = [ev.batch_stats(probs[i:i + 64], labels[i:i + 64])
+    whole = metrics_lib.batch_stats(probs, labels)
+    parts = [metrics_lib.batch_stats(probs[i:i + 64], labels[i:i + 64])
              for i in range(0, 300, 64)]
     merged = parts[-1]
     for p in reversed(parts[:-1]):
@@ -106,24 +109,24 @@ class TestStatistics:
 
   def test_to_dict_round_trip(self):
     rng = np.random.default_rng(SEED)
-    s = ev.batch_stats(_random_probs(rng, 50, 3), rng.integers(0, 3, 50))
-    back = ev.MetricStats.from_dict(json.loads(json.dumps(s.to_dict())))
+    s = metrics_lib.batch_stats(_random_probs(rng, 50, 3), rng.integers(0, 3, 50))
+    back = metrics_lib.MetricStats.from_dict(json.loads(json.dumps(s.to_dict())))
     assert back.to_dict() == s.to_dict()
-    assert ev.metrics_from_stats(back) == ev.metrics_from_stats(s)
+    assert metrics_lib.metrics_from_stats(back) == metrics_lib.metrics_from_stats(s)
 
   def test_nan_and_inf_rows_are_counted_apart(self):
     probs = np.array([[0.9, 0.1], [np.nan, 0.5], [0.2, np.inf], [0.3, 0.7]])
-    s = ev.batch_stats(probs, np.array([0, 0, 1, 1]))
+    s = metrics_lib.batch_stats(probs, np.array([0, 0, 1, 1]))
     assert (s.count, s.nonfinite, s.examples) == (2, 2, 4)
-    assert ev.metrics_from_stats(s)["accuracy"] == 1.0
+    assert metrics_lib.metrics_from_stats(s)["accuracy"] == 1.0
 
   def test_bad_labels_are_counted(self):
-    s = ev.batch_stats(np.eye(3), np.array([0, 7, 1.5]))
+    s = metrics_lib.batch_stats(np.eye(3), np.array([0, 7, 1.5]))
     assert (s.count, s.bad_labels) == (1, 2)
 
   def test_string_labels_are_an_error(self):
     with pytest.raises(ev.EvaluationError, match="strings"):
-      ev.batch_stats(np.eye(2), np.array([b"cat", b"dog"]))
+      metrics_lib.batch_stats(np.eye(2), np.array([b"cat", b"dog"]))
 
   @pytest.mark.parametrize("outputs,kind", [
       ([[0.2, 0.8], [1.0, 0.0]], "probabilities"),
@@ -134,30 +137,30 @@ class TestStatistics:
       ([[np.nan, np.nan], [0.4, 0.6]], "probabilities"),  # NaN rows ignored
   ])
   def test_output_kind(self, outputs, kind):
-    assert ev.detect_output_kind(np.array(outputs)) == kind
+    assert metrics_lib.detect_output_kind(np.array(outputs)) == kind
 
   def test_quantized_probabilities_are_not_taken_for_logits(self):
     rng = np.random.default_rng(SEED)
     probs = _random_probs(rng, 200, 10)
     quantized = np.round(probs * 256) / 256  # an int8 softmax's resolution
-    _, logits = ev.to_probabilities(quantized)
+    _, logits = metrics_lib.to_probabilities(quantized)
     assert not logits.any()
-    assert ev.detect_output_kind(quantized) == ev.PROBABILITIES
+    assert metrics_lib.detect_output_kind(quantized) == metrics_lib.PROBABILITIES
 
   def test_no_example_gives_nan(self):
-    m = ev.metrics_from_stats(ev.MetricStats(num_classes=3, top_k=5))
+    m = metrics_lib.metrics_from_stats(metrics_lib.MetricStats(num_classes=3, top_k=5))
     assert m["count"] == 0 and math.isnan(m["accuracy"])
 
   def test_memory_does_not_grow_with_examples(self):
     rng = np.random.default_rng(SEED)
-    small = ev.batch_stats(_random_probs(rng, 10, 4), rng.integers(0, 4, 10))
-    big = ev.batch_stats(_random_probs(rng, 5000, 4), rng.integers(0, 4, 5000))
+    small = metrics_lib.batch_stats(_random_probs(rng, 10, 4), rng.integers(0, 4, 10))
+    big = metrics_lib.batch_stats(_random_probs(rng, 5000, 4), rng.integers(0, 4, 5000))
     assert len(json.dumps(big.merge(small).to_dict())) < 1.1 * len(
         json.dumps(small.to_dict())) + 20000
 
   def test_class_count_mismatch_is_an_error(self):
     with pytest.raises(ev.EvaluationError, match="classes"):
-      ev.batch_stats(np.eye(3), [0, 1, 2]).merge(ev.batch_stats(np.eye(2), [0, 1]))
+      metrics_lib.batch_stats(np.eye(3), [0, 1, 2]).merge(metrics_lib.batch_stats(np.eye(2), [0, 1]))
 
 
 class TestDecide:
@@ -242,11 +245,11 @@ class TestModels:
 
   def test_float_tflite_matches_keras(self):
     model = _tiny_model()
-    tfl = ev.TFLitePredictor(model_content=ev.keras_to_float_tflite(model))
+    tfl = predictors.TFLitePredictor(model_content=predictors.keras_to_float_tflite(model))
     assert tfl.input_names == ["a", "b"] and tfl.num_outputs == 3
     feats = {n: np.random.default_rng(1).normal(size=(5, 1)).astype(np.float32)
              for n in ("a", "b")}
-    want = ev.KerasPredictor(model).predict(feats)
+    want = predictors.KerasPredictor(model).predict(feats)
     np.testing.assert_allclose(tfl.predict(feats), want, atol=1e-5)
 
   def test_int8_model_is_fed_quantized_and_read_dequantized(self):
@@ -262,11 +265,11 @@ class TestModels:
         for _ in range(50))
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = conv.inference_output_type = tf.int8
-    tfl = ev.TFLitePredictor(model_content=conv.convert())
+    tfl = predictors.TFLitePredictor(model_content=conv.convert())
     assert np.dtype(tfl.inputs["a"]["dtype"]) == np.int8
     feats = {n: rng.normal(size=(20, 1)).astype(np.float32) for n in ("a", "b")}
     got = tfl.predict(feats)
-    np.testing.assert_allclose(got, ev.KerasPredictor(model).predict(feats),
+    np.testing.assert_allclose(got, predictors.KerasPredictor(model).predict(feats),
                                atol=0.05)
     np.testing.assert_allclose(got.sum(1), 1.0, atol=0.03)
 
@@ -274,9 +277,9 @@ class TestModels:
     detail = {"dtype": np.int8, "quantization": (0.05, -3)}
     x = np.array([[-1.0, 0.0, 0.52, 100.0]])
     # pylint: disable=protected-access
-    q = ev._quantize(x, detail)
+    q = predictors._quantize(x, detail)
     assert q.dtype == np.int8 and q[0, -1] == 127  # clipped, not wrapped
-    np.testing.assert_allclose(ev._dequantize(q, detail)[0, :3],
+    np.testing.assert_allclose(predictors._dequantize(q, detail)[0, :3],
                                [-1.0, 0.0, 0.5])
 
   def test_tflite_sparsity(self):
@@ -284,17 +287,17 @@ class TestModels:
     kernel, bias = model.get_layer("hidden").get_weights()
     kernel[:, :4] = 0.0  # half of the hidden kernel
     model.get_layer("hidden").set_weights([kernel, bias])
-    sparsity = ev.tflite_sparsity(ev.keras_to_float_tflite(model))
+    sparsity = predictors.tflite_sparsity(predictors.keras_to_float_tflite(model))
     # 8 of 16 + 0 of 24 kernel weights are zero.
     assert sparsity == pytest.approx(8 / 40)
 
   def test_tflite_latency_is_measured_for_each_model(self):
     model = _tiny_model()
-    content = ev.keras_to_float_tflite(model)
-    preds = {"baseline": ev.TFLitePredictor(model_content=content),
-             "candidate": ev.TFLitePredictor(model_content=content)}
+    content = predictors.keras_to_float_tflite(model)
+    preds = {"baseline": predictors.TFLitePredictor(model_content=content),
+             "candidate": predictors.TFLitePredictor(model_content=content)}
     feats = {n: np.ones((5, 1), np.float32) for n in ("a", "b")}
-    lat = ev.tflite_latency(preds, feats, warmup=2)
+    lat = latency_lib.tflite_latency(preds, feats, warmup=2)
     assert set(lat) == {"baseline", "candidate"}
     assert all(0 < v < 1 for v in lat.values())
 
@@ -312,7 +315,7 @@ class TestModels:
         pass
 
     feats = {"a": np.arange(7, dtype=np.float32).reshape(7, 1)}
-    lat = ev.tflite_latency({"baseline": Fake("b"), "candidate": Fake("c")},
+    lat = latency_lib.tflite_latency({"baseline": Fake("b"), "candidate": Fake("c")},
                             feats, warmup=2, block=4)
     assert set(lat) == {"baseline", "candidate"}
     # Each model runs 4 examples in a row, then the other: 9 calls each.
@@ -320,23 +323,23 @@ class TestModels:
     assert [i for r, i in calls if r == "c"] == [0, 1, 2, 3, 4, 5, 6, 0, 1]
 
   def test_candidate_inputs_must_be_the_baselines(self):
-    base = ev.KerasPredictor(_tiny_model(("a", "b")))
-    other = ev.KerasPredictor(_tiny_model(("a", "c")))
+    base = predictors.KerasPredictor(_tiny_model(("a", "b")))
+    other = predictors.KerasPredictor(_tiny_model(("a", "c")))
     # pylint: disable=protected-access
     with pytest.raises(ev.EvaluationError, match=r"\['c'\].*'a', 'b'"):
       ev._check_inputs(base, other)
     with pytest.raises(ev.EvaluationError, match="4 class"):
-      ev._check_inputs(base, ev.KerasPredictor(_tiny_model(classes=4)))
+      ev._check_inputs(base, predictors.KerasPredictor(_tiny_model(classes=4)))
 
   def test_custom_objects_module(self, tmp_path):
     path = os.path.join(tmp_path, "objects.py")
     with open(path, "w") as f:
       f.write("def custom_objects():\n  return {'swish2': abs}\n")
-    assert ev.load_custom_objects(path) == {"swish2": abs}
+    assert predictors.load_custom_objects(path) == {"swish2": abs}
     with open(path, "w") as f:
       f.write("custom_objects = [1]\n")
     with pytest.raises(ev.EvaluationError, match="must be a dict"):
-      ev.load_custom_objects(path)
+      predictors.load_custom_objects(path)
 
 
 # ---------------------------------------------------------------------------
@@ -349,22 +352,22 @@ class TestTopKTies:
 
   def test_constant_scores_are_never_a_hit(self):
     labels = np.arange(10) % 5
-    s = ev.batch_stats(np.full((10, 5), 0.2), labels, top_k=3)
+    s = metrics_lib.batch_stats(np.full((10, 5), 0.2), labels, top_k=3)
     assert s.top_k_correct == 0
-    assert ev.metrics_from_stats(s)["top_k_accuracy"] == 0.0
+    assert metrics_lib.metrics_from_stats(s)["top_k_accuracy"] == 0.0
 
   def test_tie_at_the_boundary_counts_against(self):
     # True class 0 ties with class 1 for 2nd place behind class 2: top-2 miss,
     # whichever order the classes come in; top-3 hit.
     out = np.array([[0.25, 0.25, 0.5]])
-    assert ev.batch_stats(out, [0], top_k=2).top_k_correct == 0
-    assert ev.batch_stats(out[:, [1, 0, 2]], [1], top_k=2).top_k_correct == 0
-    assert ev.batch_stats(out, [0], top_k=3).top_k_correct == 1
+    assert metrics_lib.batch_stats(out, [0], top_k=2).top_k_correct == 0
+    assert metrics_lib.batch_stats(out[:, [1, 0, 2]], [1], top_k=2).top_k_correct == 0
+    assert metrics_lib.batch_stats(out, [0], top_k=3).top_k_correct == 1
 
   def test_clear_winner_is_a_hit(self):
     out = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]])
-    assert ev.batch_stats(out, [2, 0], top_k=2).top_k_correct == 2
-    assert ev.batch_stats(out, [2, 0], top_k=1).top_k_correct == 1
+    assert metrics_lib.batch_stats(out, [2, 0], top_k=2).top_k_correct == 2
+    assert metrics_lib.batch_stats(out, [2, 0], top_k=1).top_k_correct == 1
 
   def test_top_k_not_below_the_classes_is_refused(self):
     config = config_lib.EvaluatorConfig.from_parameters(
@@ -404,9 +407,9 @@ class TestEvidence:
                      chance_accuracy=0.3).blessed
 
   def test_chance_accuracy_is_the_majority_class_share(self):
-    stats = ev.batch_stats(np.eye(3)[[0, 0, 0, 1]], [0, 0, 1, 2])
+    stats = metrics_lib.batch_stats(np.eye(3)[[0, 0, 0, 1]], [0, 0, 1, 2])
     assert ev.chance_accuracy(stats) == 0.5
-    assert ev.chance_accuracy(ev.MetricStats(num_classes=3, top_k=1)) is None
+    assert ev.chance_accuracy(metrics_lib.MetricStats(num_classes=3, top_k=1)) is None
 
   def test_blessing_problem_is_a_reason(self):
     gate = thresholds.GateThresholds(max_drop=0.5)
@@ -436,14 +439,14 @@ class TestEvidence:
 class TestMissingLabels:
 
   def test_rows_without_a_label_are_counted_apart(self):
-    s = ev.batch_stats(np.eye(3), np.array([0, -1, 2]),
+    s = metrics_lib.batch_stats(np.eye(3), np.array([0, -1, 2]),
                        label_present=[True, False, True])
     assert (s.count, s.missing_labels, s.bad_labels) == (2, 1, 0)
     assert s.examples == 3
-    assert ev.metrics_from_stats(s)["accuracy"] == 1.0
+    assert metrics_lib.metrics_from_stats(s)["accuracy"] == 1.0
     merged = s.merge(s)
     assert merged.missing_labels == 2
-    assert ev.MetricStats.from_dict(merged.to_dict()).missing_labels == 2
+    assert metrics_lib.MetricStats.from_dict(merged.to_dict()).missing_labels == 2
 
 
 def _one_unit_model(activation=None, loss=None, from_logits=None):
@@ -464,7 +467,7 @@ class TestOutputKind:
     with pytest.raises(ev.EvaluationError,
                        match=r"`baseline_model` was trained with the regression "
                        r"loss 'mse'.*`output_kind`="):
-      ev.output_kind_from_model(model, 1)
+      predictors.output_kind_from_model(model, 1)
 
   def test_regression_loss_recorded_in_a_saved_model(self, tmp_path):
     model = _one_unit_model(loss=keras.losses.MeanSquaredError())
@@ -472,12 +475,12 @@ class TestOutputKind:
     from tfx_compression.components.common import model_io  # pylint: disable=g-import-not-at-top
     loaded = model_io.load_keras_model(str(tmp_path / "m"))
     with pytest.raises(ev.EvaluationError, match="regression loss"):
-      ev.output_kind_from_model(loaded, 1)
+      predictors.output_kind_from_model(loaded, 1)
 
   def test_linear_unit_without_a_loss_is_refused(self):
     with pytest.raises(ev.EvaluationError,
                        match="one linear output unit and no recorded loss"):
-      ev.output_kind_from_model(_one_unit_model(), 1)
+      predictors.output_kind_from_model(_one_unit_model(), 1)
 
   @pytest.mark.parametrize("kwargs,want", [
       (dict(activation="sigmoid"), "probabilities"),
@@ -486,19 +489,19 @@ class TestOutputKind:
       (dict(loss="binary_crossentropy"), "probabilities"),
   ])
   def test_kind_from_activation_or_loss(self, kwargs, want):
-    assert ev.output_kind_from_model(_one_unit_model(**kwargs), 1) == want
+    assert predictors.output_kind_from_model(_one_unit_model(**kwargs), 1) == want
 
   def test_several_units_without_clues_are_left_to_the_outputs(self):
     inp = keras.Input(shape=(1,), name="a")
     model = keras.Model(inp, keras.layers.Dense(3)(inp))
-    assert ev.output_kind_from_model(model, 3) is None
-    assert ev.output_kind_from_model(_tiny_model(), 3) == "probabilities"
+    assert predictors.output_kind_from_model(model, 3) is None
+    assert predictors.output_kind_from_model(_tiny_model(), 3) == "probabilities"
 
   def test_output_kind_parameter_decides(self):
     model = _one_unit_model(loss="mse")
     config = config_lib.EvaluatorConfig.from_parameters(
         {"label_key": "label", "max_drop": 0.01, "output_kind": "probabilities"})
-    pred = ev.KerasPredictor(model, "baseline")
+    pred = predictors.KerasPredictor(model, "baseline")
     kinds, source = ev._output_kinds(config, pred, pred, {})
     assert kinds == {"baseline": "probabilities", "candidate": "probabilities"}
     assert "output_kind" in source
@@ -509,4 +512,4 @@ class TestOutputKind:
                               keras.layers.Dense(1, name="q")(inp)])
     with pytest.raises(ev.EvaluationError,
                        match=r"`candidate_model` has 2 outputs \['p', 'q'\]"):
-      ev.KerasPredictor(model, role="candidate")
+      predictors.KerasPredictor(model, role="candidate")

@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 
+from tfx_compression.components.common import metrics as metrics_lib
 from tfx_compression.components.common import thresholds
 from tfx_compression.components.compression_evaluator import evaluation as ev
 from tfx_compression.components.compression_evaluator import report
@@ -24,8 +25,10 @@ def make_report(candidate_acc=0.9, gate=None, search=None, nonfinite=0,
     pred = np.where(right, labels, (labels + 1) % 4)
     return np.eye(4)[pred] * 0.7 + 0.075
 
-  base = ev.metrics_from_stats(ev.batch_stats(outputs(0.95), labels))
-  cand = ev.metrics_from_stats(ev.batch_stats(outputs(candidate_acc), labels))
+  base = metrics_lib.metrics_from_stats(
+      metrics_lib.batch_stats(outputs(0.95), labels))
+  cand = metrics_lib.metrics_from_stats(
+      metrics_lib.batch_stats(outputs(candidate_acc), labels))
   sizes = {"representation": "TFLite: float baseline against the candidate",
            "baseline_bytes": 1_146_464, "candidate_bytes": 301_224,
            "baseline_gzip_bytes": 1_052_019, "candidate_gzip_bytes": 263_929,
