@@ -71,26 +71,73 @@ def _variables(obj, prefix: str = "", out=None, seen=None
 
 
 def _model_variables(loaded) -> Dict[str, tf.Variable]:
-  """Variable name (Keras 3 ``weight.path``) -> restored model variable."""
-  out = {}
-  for path, var in _variables(loaded).items():
-    if path.split("/")[1] not in _KERAS3_INTERNALS:
-      continue  # under an attribute the module attached (tft_layer, ...)
-    out.setdefault(var.name.split(":")[0], var)
+  """Trackable path -> restored variable of the model itself.
+
+  Variables under objects the Trainer module attached (``tft_layer``) or under
+  the optimizer are left out.
+  """
+  return {path: var for path, var in _variables(loaded).items()
+          if path.split("/")[1] in _KERAS3_INTERNALS}
+
+
+def _keras_variable_paths(model) -> Dict[int, str]:
+  """id(Keras variable) -> its trackable path in ``model``.
+
+  The same walk as :func:`_variables`, so a model with the structure of the
+  one the SavedModel was written from (loaded from its model.keras, or a
+  clone) gives the same paths.
+  """
+  import keras  # pylint: disable=g-import-not-at-top
+  out: Dict[int, str] = {}
+  seen = set()
+
+  def walk(obj, prefix):
+    if id(obj) in seen:
+      return
+    seen.add(id(obj))
+    if isinstance(obj, (keras.Variable, tf.Variable)):
+      out.setdefault(id(obj), prefix)
+      return
+    children = getattr(obj, "_trackable_children", None)
+    if children is None:
+      return
+    try:
+      items = children(save_type="savedmodel")
+    except (TypeError, ValueError, AttributeError):
+      return
+    for name, child in sorted(items.items()):
+      walk(child, f"{prefix}/{name}")
+
+  walk(model, "")
   return out
 
 
 def _same_shape_plan(model, restored: Mapping[str, tf.Variable]
                      ) -> Tuple[Optional[List[Tuple[tf.Variable, Any]]], str]:
-  """(restored variable, new value) pairs, or (None, why not)."""
-  plan = []
+  """(restored variable, new weight) pairs, or (None, why not).
+
+  Each weight is matched by its trackable path, else by its name (Keras 3
+  names the tf.Variable after ``weight.path``, a Sequential model with its
+  own name in front).
+  """
+  paths = _keras_variable_paths(model)
+  by_name: Dict[str, List[tf.Variable]] = {}
+  for var in restored.values():
+    by_name.setdefault(var.name.split(":")[0], []).append(var)
+  plan, used = [], set()
   for w in model.weights:
-    var = restored.get(w.path)
+    var = restored.get(paths.get(id(w), ""))
+    if var is None or tuple(var.shape) != tuple(w.shape):
+      candidates = [v for n, vs in by_name.items() for v in vs
+                    if (n == w.path or n.endswith("/" + w.path))
+                    and tuple(v.shape) == tuple(w.shape)]
+      var = candidates[0] if len(candidates) == 1 else None
     if var is None:
-      return None, f"weight {w.path!r} is not a variable of the SavedModel"
-    if tuple(var.shape) != tuple(w.shape):
-      return None, (f"weight {w.path!r} has shape {tuple(w.shape)}, the "
-                    f"SavedModel's {tuple(var.shape)}")
+      return None, (f"weight {w.path!r} {tuple(w.shape)} has no variable of "
+                    "that shape in the SavedModel")
+    if id(var) in used:
+      return None, f"two weights map onto the SavedModel's {var.name!r}"
+    used.add(id(var))
     plan.append((var, w))
   if len(plan) != len(restored):
     return None, (f"the model has {len(plan)} weights, the SavedModel "
@@ -141,7 +188,7 @@ def _feed(model, features: Mapping[str, tf.Tensor]):
   if missing:
     raise Keras3ExportError(f"the model's inputs {missing} are not among the "
                             f"features {sorted(features)}")
-  structure = model._inputs_struct  # pylint: disable=protected-access
+  structure = getattr(model, "_inputs_struct", None)  # None: Sequential
   if isinstance(structure, Mapping):
     return {k: features[k] for k in structure}
   if isinstance(structure, (list, tuple)):

@@ -137,3 +137,36 @@ def test_a_tf_keras_model_is_refused(trainer_dir, tmp_path):
   model = tf_keras.Sequential([tf_keras.Input((1,)), tf_keras.layers.Dense(1)])
   with pytest.raises(TypeError, match="must be a Keras 3 model, got tf_keras"):
     keras3_export.export_keras3(model, trainer_dir, str(tmp_path / "out"))
+
+
+def sequential(units=4, seed=0):
+  keras.utils.set_random_seed(seed)
+  model = keras.Sequential([
+      keras.Input((3,), name="x"), keras.layers.Dense(units, name="d"),
+      keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(2, name="o")])
+  model.compile(optimizer="adam", loss="mse")
+  model.fit(np.random.RandomState(0).rand(32, 3), np.zeros((32, 2)), verbose=0)
+  return model
+
+
+@pytest.mark.parametrize("units,method", [(4, "assigned"), (2, "regenerated")])
+def test_sequential_with_batchnorm_and_a_tensor_signature(tmp_path, units, method):
+  model = sequential()
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+  def serve(x):
+    return {"y": model(x)}
+
+  src = str(tmp_path / "sm")
+  tf.saved_model.save(model, src, signatures={
+      "serving_default": serve.get_concrete_function()})
+  model.save(os.path.join(src, "model.keras"))
+  new = model_io.load_keras_model(src) if units == 4 else sequential(units, 1)
+  kernel = new.get_layer("d").kernel
+  kernel.assign(np.where(np.abs(kernel.numpy()) < 0.4, 0.0, kernel.numpy()))
+  info = keras3_export.export_keras3(new, src, str(tmp_path / "out"))
+  assert info["method"] == method
+  x = tf.constant(np.random.RandomState(2).rand(5, 3).astype("float32"))
+  got = tf.saved_model.load(str(tmp_path / "out")).signatures["serving_default"](x=x)
+  np.testing.assert_allclose(got["y"], new(x, training=False), rtol=1e-5,
+                             atol=1e-6)
