@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfx_compression.components.compression_evaluator import evaluation
+from tfx_compression.components.compression_evaluator import predictors as evaluation
 from tests.unit import test_keras3_export as k3
 
 
