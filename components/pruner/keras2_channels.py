@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tfx_compression.components.common import progress
 from tfx_compression.components.common import signatures as signatures_lib
 from tfx_compression.components.pruner import channel_choice as choice
 from tfx_compression.components.pruner import channel_graph
@@ -145,7 +146,8 @@ def _fit(model, ds, steps: int, learning_rate: float, loss, parameter: str,
     raise ValueError(f"`train_ds` is None, but `{parameter}`={steps} steps of "
                      "training need it.")
   model.fit(ds.repeat(), steps_per_epoch=steps, epochs=1, verbose=0,
-            callbacks=callbacks)
+            callbacks=list(callbacks or []) + [progress.keras_callback(
+                progress.Progress(f"fine-tuning ({parameter})", steps), keras)])
 
 
 def prune_channels(model, train_ds, *, target_sparsity: float,

@@ -34,6 +34,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import prune_regis
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfx_compression.components.common import model_stats
+from tfx_compression.components.common import progress
 from tfx_compression.components.pruner import schedules
 from tfx_compression.components.pruner.keras2_training import check_finite
 from tfx_compression.components.pruner.keras2_training import deterministic
@@ -294,7 +295,9 @@ class ContinuedPruning:
       self._wrapped.fit(
           train_ds.repeat(), steps_per_epoch=steps, epochs=1, verbose=0,
           callbacks=[_sparsity.UpdatePruningStep(),
-                     StopOnNonFiniteLoss(self.learning_rate)])
+                     StopOnNonFiniteLoss(self.learning_rate),
+                     progress.keras_callback(
+                         progress.Progress("fine-tuning", max(1, steps)))])
     self.steps_done += steps
     check_finite(self.model, self.learning_rate)
     return self.model
@@ -385,6 +388,8 @@ def prune_to(model, train_ds: tf.data.Dataset, *, target_sparsity: float,
     if log_dir:
       cbs.append(_sparsity.PruningSummaries(log_dir=log_dir))
     cbs.extend(callbacks)
+    cbs.append(progress.keras_callback(
+        progress.Progress("fine-tuning", max(1, steps))))
     wrapped.fit(train_ds.repeat(), steps_per_epoch=epoch,
                 epochs=steps // epoch, callbacks=cbs, verbose=0)
     # UpdatePruningStep re-applies the masks at each epoch end, so the

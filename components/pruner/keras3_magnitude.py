@@ -63,6 +63,7 @@ import keras
 import numpy as np
 
 from tfx_compression.components.common import model_stats
+from tfx_compression.components.common import progress
 from tfx_compression.components.pruner import config as config_lib
 from tfx_compression.components.pruner import schedules
 # The result and errors every backend shares; one M:N check for all.
@@ -580,6 +581,8 @@ def _fit(model, train_ds, steps: int, epoch: int, masking: _Masking,
     cbs.append(keras.callbacks.TensorBoard(log_dir=log_dir))
     cbs.append(_MaskSummaries(masking, log_dir))
   cbs.extend(callbacks)
+  cbs.append(progress.keras_callback(
+      progress.Progress("fine-tuning", max(1, steps)), keras))
   model.fit(train_ds.repeat(), steps_per_epoch=epoch, epochs=steps // epoch,
             callbacks=cbs, verbose=0)
 
