@@ -111,8 +111,8 @@ class Console:
                  f"{progress.format_seconds(update.seconds_left)} left")
       return
     now = self._clock()
-    if update.finished or (self._last_plain is not None and
-                           now - self._last_plain < self._plain_every):
+    if update.finished or update.seconds_left is None or (
+        self._last_plain is not None and now - self._last_plain < self._plain_every):
       return
     self._last_plain = now
     self.print(f"{' ' * len(prefix)} {update.task} {update.done}/{update.total} "

@@ -41,7 +41,7 @@ class Update:
   done: int
   total: int
   unit: str
-  rate: float  # units per second since the start, 0.0 before the first unit
+  rate: float  # units per second after the first update, 0.0 until known
   seconds_left: Optional[float]  # None while the rate is unknown
 
   @property
@@ -123,14 +123,19 @@ class Progress:
     self._start = clock()
     self._last_log = self._start
     self._last_notify = None
+    self._first = None  # (time, done) of the first update
     self.done = 0
 
   def update(self, done: int) -> Update:
     """Records that ``done`` units of ``total`` are finished; returns the Update."""
     self.done = min(int(done), self.total)
     now = self._clock()
-    elapsed = now - self._start
-    rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
+    # The rate counts from the first update: the first unit also pays for
+    # tracing and compiling, which would make the time left absurd.
+    if self._first is None:
+      self._first = (now, self.done)
+    elapsed, counted = now - self._first[0], self.done - self._first[1]
+    rate = counted / elapsed if elapsed > 0 and counted > 0 else 0.0
     left = (self.total - self.done) / rate if rate > 0 else None
     update = Update(self.task, self.done, self.total, self.unit, rate, left)
     if update.finished or now - self._last_log >= self._log_every:

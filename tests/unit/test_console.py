@@ -191,3 +191,12 @@ def test_csv_files_with_different_headers_are_refused(tmp_path):
   with pytest.raises(digits_data.CsvError, match=r"b\.csv: its header differs from "
                      r".*a\.csv's"):
     digits_data.check_csv_dir(str(tmp_path))
+
+
+def test_pipe_waits_for_a_known_rate():
+  out, clock = io.StringIO(), FakeClock()
+  c = console.Console(out, tty=False, nodes=["Pruner"], plain_every=10, clock=clock)
+  c.step_started("Pruner")
+  clock.now = 30.0
+  c.on_progress(progress.Update("fine-tuning", 1, 300, "steps", 0.0, None))
+  assert out.getvalue().splitlines() == ["[1/1] Pruner       running"]

@@ -107,3 +107,16 @@ def test_keras_callback_counts_training_batches():
   model.fit(x, x[:, :1], batch_size=4, epochs=2, verbose=0,
             callbacks=[progress.keras_callback(p)])
   assert p.done == 6
+
+
+def test_the_rate_leaves_out_the_first_unit():
+  """The first batch also traces the model: it must not make the time left absurd."""
+  clock = FakeClock()
+  p = progress.Progress("fine-tuning", total=1000, clock=clock)
+  clock.now += 60.0  # tracing and compiling
+  first = p.update(1)
+  assert first.rate == 0.0 and first.seconds_left is None
+  clock.now += 1.0
+  second = p.update(11)
+  assert second.rate == pytest.approx(10.0)
+  assert second.seconds_left == pytest.approx(98.9)
