@@ -152,7 +152,7 @@ def test_code_is_imported_only_from_the_users_module_file():
             "take `module_file`: only the user's declared module may be run.")
   # The three components' module_file loaders, and nothing else.
   assert {p for p, _, _ in sites} == {
-      "components/pruner/executor.py", "components/quantizer/executor.py",
+      "components/pruner/inputs.py", "components/quantizer/executor.py",
       "components/compression_evaluator/predictors.py"}, sites
 
 
