@@ -375,3 +375,33 @@ def test_log_dir_gets_training_and_mask_summaries(tmp_path):
   assert "d1/kernel/sparsity" in acc.Tags()["tensors"]
   last = acc.Tensors("d1/kernel/sparsity")[-1]
   assert tf.make_ndarray(last.tensor_proto) == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(target_sparsity=0.7, begin_step=3, end_step=25, frequency=4),
+    dict(target_sparsity=0.6, schedule="constant", frequency=5),
+    dict(target_sparsity=0.0, m_by_n=(2, 4)),
+])
+def test_same_zeros_and_weights_as_the_tfmot_backend(kwargs):
+  """The tf_keras model pruned by tfmot and the same Keras 3 model pruned here."""
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  from tfx_compression.components.pruner import keras2_magnitude  # pylint: disable=g-import-not-at-top
+  ours = tiny_model()
+  # tf.data's shuffle reads the global seed when a dataset is made: the same.
+  data_a, data_b = tiny_data(), tiny_data()
+  tf_keras.utils.set_random_seed(0)
+  inputs = tf_keras.Input(shape=(16,), name="x")
+  h = tf_keras.layers.Dense(32, activation="relu", name="d1")(inputs)
+  h = tf_keras.layers.Dense(8, activation="relu", name="d2")(h)
+  theirs = tf_keras.Model(
+      inputs, tf_keras.layers.Dense(4, activation="softmax", name="out")(h))
+  theirs.set_weights(ours.get_weights())
+  common = dict(steps=STEPS, layers=["d1", "d2"], seed=5, **kwargs)
+  a = keras2_magnitude.prune_to(
+      theirs, data_a, loss=tf_keras.losses.SparseCategoricalCrossentropy(),
+      **common)
+  b = km.prune_to(ours, data_b, loss=LOSS, **common)
+  for x, y in zip(a.get_weights(), b.get_weights()):
+    np.testing.assert_array_equal(x == 0, y == 0)
+    np.testing.assert_allclose(x, y, atol=1e-5)
+  assert (b.get_layer("d1").get_weights()[0] == 0).mean() > 0.45
