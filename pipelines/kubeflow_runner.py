@@ -20,7 +20,9 @@ TFX passes protos as JSON strings, so the Trainer's steps cannot be a bare int).
 
 The Trainer imports ``tfx_compression.pipelines.trainers.digits_trainer.run_fn`` from the package installed in
 the image instead of packaging a module file: nothing is written to the pipeline
-root at compile time, and the code that runs is the code in the image.
+root at compile time, and the code that runs is the code in the image. ``--keras 3``
+names ``digits_trainer_keras3.run_fn`` instead (the image sets no
+``TF_USE_LEGACY_KERAS``, so either Keras trains there).
 """
 
 import argparse
