@@ -177,7 +177,7 @@ def test_unstructured_reaches_target_and_leaves_input_alone():
   model = tiny_model()
   before = [w.copy() for w in model.get_weights()]
   pruned = keras2_magnitude.prune_to(model, tiny_data(), target_sparsity=0.75,
-                            steps=STEPS, loss=LOSS, layers=["d1", "d2"])
+                                     steps=STEPS, loss=LOSS, layers=["d1", "d2"])
   assert_kernel_sparsity(pruned, ["d1", "d2"], 0.75)
   # Not selected: untouched by the mask.
   assert (pruned.get_layer("out").kernel.numpy() != 0).all()
@@ -189,13 +189,13 @@ def test_unstructured_reaches_target_and_leaves_input_alone():
 
 def test_constant_schedule_reaches_target():
   pruned = keras2_magnitude.prune_to(tiny_model(), tiny_data(), target_sparsity=0.5,
-                            steps=STEPS, loss=LOSS, schedule="constant")
+                                     steps=STEPS, loss=LOSS, schedule="constant")
   assert_kernel_sparsity(pruned, ["d1", "d2", "out"], 0.5)
 
 
 def test_m_by_n_blocks():
   pruned = keras2_magnitude.prune_to(tiny_model(), tiny_data(), target_sparsity=0.0,
-                            steps=STEPS, loss=LOSS, m_by_n=(2, 4))
+                                     steps=STEPS, loss=LOSS, m_by_n=(2, 4))
   for name in ("d1", "d2", "out"):
     kernel = pruned.get_layer(name).kernel.numpy()
     assert m_by_n.m_by_n_violations(kernel, (2, 4)) == 0, name
@@ -212,7 +212,7 @@ def test_m_by_n_check_can_fail():
 
 def test_same_seed_same_weights_and_masks():
   runs = [keras2_magnitude.prune_to(tiny_model(), tiny_data(), target_sparsity=0.6,
-                           steps=STEPS, loss=LOSS, seed=3) for _ in range(2)]
+                                    steps=STEPS, loss=LOSS, seed=3) for _ in range(2)]
   fixtures.assert_same_weights(runs[0].get_weights(), runs[1].get_weights())
   # Not vacuous: the runs trained (the surviving weights moved).
   start = tiny_model().get_layer("d1").kernel.numpy()
@@ -223,9 +223,9 @@ def test_same_seed_same_weights_and_masks():
 def test_continues_from_current_weights_to_higher_sparsity():
   """The search contract: stage 2 keeps stage 1's zeros and adds more."""
   half = keras2_magnitude.prune_to(tiny_model(), tiny_data(), target_sparsity=0.5,
-                          steps=STEPS, loss=LOSS)
+                                   steps=STEPS, loss=LOSS)
   more = keras2_magnitude.prune_to(half, tiny_data(), initial_sparsity=0.5,
-                          target_sparsity=0.75, steps=STEPS, loss=LOSS)
+                                   target_sparsity=0.75, steps=STEPS, loss=LOSS)
   assert_kernel_sparsity(more, ["d1", "d2", "out"], 0.75)
   for name in ("d1", "d2"):
     zeros_1 = half.get_layer(name).kernel.numpy() == 0
@@ -236,7 +236,7 @@ def test_continues_from_current_weights_to_higher_sparsity():
 def test_nan_loss_raises():
   with pytest.raises(pruning.NonFiniteLossError, match="learning_rate"):
     keras2_magnitude.prune_to(tiny_model(), tiny_data(nan=True), target_sparsity=0.5,
-                     steps=STEPS, loss=LOSS)
+                              steps=STEPS, loss=LOSS)
 
 
 def test_resolve_loss_from_output_activation():
@@ -291,7 +291,7 @@ def test_nan_loss_raises_on_the_loss():
   loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
   with pytest.raises(pruning.NonFiniteLossError, match="loss became nan"):
     keras2_magnitude.prune_to(logits, tiny_data(nan=True), target_sparsity=0.5,
-                     steps=STEPS, loss=loss)
+                              steps=STEPS, loss=loss)
 
 
 # A Keras 3 model goes to the Keras 3 backend, and tfmot is never imported.
