@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PIP_VERSION := 26.3
 ARGS ?=
 
-.PHONY: demo test test-current image test-image install kubeflow benchmark clean
+.PHONY: demo test test-current test-wheel image test-image install kubeflow benchmark clean
 
 install: $(STAMP)
 
@@ -46,6 +46,11 @@ test: $(STAMP)
 CURRENT_ROOT ?= /var/cache/tfx-compression/trixie
 test-current:
 	CURRENT_ROOT="$(CURRENT_ROOT)" tools/test_current.sh
+
+# The same wheel installed with plain pip beside the TFX 1.16 of .venv/ (an overlay venv,
+# so .venv/ is left as it is), then tests/install and the demo e2e test against it.
+test-wheel: $(STAMP)
+	tools/test_wheel_beside_venv.sh $(ARGS)
 
 # The Kubeflow image from docker/Dockerfile, built with buildah (no Docker daemon):
 #   make image [IMAGE=<name:tag>] [BASE_IMAGE=auto|debian|<image>]

@@ -40,7 +40,7 @@ debian_base() {
     return
   fi
   local root="$CACHE/bookworm-base" c m
-  rm -rf "$root"
+  rm -rf --one-file-system "$root"
   log "debootstrap bookworm (about 1 minute)"
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
     bookworm "$root" "$MIRROR" > "$CACHE/debootstrap-bookworm.log"
@@ -50,7 +50,7 @@ debian_base() {
   bah umount "$c"
   bah commit -q "$c" "$DEBIAN_BASE" > /dev/null
   bah rm "$c" > /dev/null
-  rm -rf "$root"
+  rm -rf --one-file-system "$root"
 }
 
 mkdir -p "$CACHE"

@@ -92,11 +92,14 @@ make_root() {
   if ! command -v debootstrap >/dev/null; then
     apt-get update -qq && apt-get install -y -qq debootstrap
   fi
-  local partial="$ROOT.partial"
-  for d in dev proc; do
-    if mountpoint -q "$partial/$d"; then umount "$partial/$d"; fi
+  local partial="$ROOT.partial" r d
+  # Never delete through a bind mount of the host's /dev or /proc.
+  for r in "$partial" "$ROOT"; do
+    for d in dev proc; do
+      if mountpoint -q "$r/$d"; then umount "$r/$d" || umount -l "$r/$d"; fi
+    done
   done
-  rm -rf "$partial" "$ROOT"
+  rm -rf --one-file-system "$partial" "$ROOT"
   mkdir -p "$(dirname "$ROOT")"
   log "debootstrap trixie into $ROOT (about 1-3 minutes)"
   debootstrap --variant=minbase \
