@@ -13,7 +13,6 @@ Example:
     result.info["channels_kept"]  # {'conv1': 16, 'conv2': 32, 'dense1': 128}
 """
 
-import fnmatch
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from tfx_compression.components.common import model_stats
@@ -28,8 +27,7 @@ def layer_filter(include: Sequence[str], exclude: Sequence[str]
   """callable(layer) -> bool from include/exclude patterns (None: all)."""
   if not include and not exclude:
     return None
-  match = lambda name, patterns: any(fnmatch.fnmatchcase(name, p)
-                                     for p in patterns)
+  match = strategy_lib.matches
   return lambda layer: ((not include or match(layer.name, include))
                         and not match(layer.name, exclude))
 

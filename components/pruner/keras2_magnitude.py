@@ -22,7 +22,6 @@ Example:
                       loss=loss, layers=layers)
 """
 
-import fnmatch
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
@@ -36,6 +35,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 from tfx_compression.components.common import model_stats
 from tfx_compression.components.common import progress
 from tfx_compression.components.pruner import schedules
+from tfx_compression.components.pruner import strategy
 from tfx_compression.components.pruner.keras2_training import check_finite
 from tfx_compression.components.pruner.keras2_training import deterministic
 from tfx_compression.components.pruner.keras2_training import evaluate  # noqa: F401  (the backend interface)
@@ -102,10 +102,6 @@ def prunable_layers(model, m_by_n: Optional[Tuple[int, int]] = None
   return out
 
 
-def _match(name: str, patterns: Sequence[str]) -> bool:
-  return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
 def select_layers(model, include: Sequence[str] = (),
                   exclude: Sequence[str] = (),
                   m_by_n: Optional[Tuple[int, int]] = None) -> List[str]:
@@ -130,28 +126,9 @@ def select_layers(model, include: Sequence[str] = (),
   """
   check_supported(model)
   names = list(prunable_layers(model, m_by_n))
-  note = ""
-  if m_by_n:
-    others = [n for n in prunable_layers(model) if n not in names]
-    if others:
-      note = (f" ({others} cannot take {m_by_n[0]}:{m_by_n[1]} blocks: their "
-              f"input dimension is not a multiple of {m_by_n[1]}.)")
-  for parameter, patterns in (("include_layers", include),
-                              ("exclude_layers", exclude)):
-    for pattern in patterns:
-      if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-        raise ValueError(
-            f"`{parameter}` pattern {pattern!r} matches no prunable layer. "
-            f"Prunable layers: {names}.{note} Patterns are fnmatch patterns on "
-            "layer names, e.g. 'conv*'.")
-  selected = [n for n in names
-              if (not include or _match(n, include)) and not _match(n, exclude)]
-  if not selected:
-    raise ValueError(
-        f"No layer is left to prune (include_layers={list(include)}, "
-        f"exclude_layers={list(exclude)}; prunable layers: {names}).{note} "
-        "Loosen the patterns.")
-  return selected
+  others = ([n for n in prunable_layers(model) if n not in names]
+            if m_by_n else [])
+  return strategy.match_layers(names, include, exclude, m_by_n, others)
 
 
 def check_supported(model) -> None:

@@ -19,8 +19,9 @@ Example:
 """
 
 import dataclasses
+import fnmatch
 import importlib
-from typing import Any, Dict, List, Optional, Protocol, Sequence
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from tfx_compression.components.common import keras_env
 
@@ -124,6 +125,59 @@ class Strategy(Protocol):
     """Writes a tf_keras ``result.model`` at ``path`` with ``original``'s
     signatures (Keras 3 models: ``keras3_export``, the same for every
     structure)."""
+
+
+def matches(name: str, patterns: Sequence[str]) -> bool:
+  """True if a layer name matches one of the fnmatch ``patterns``."""
+  return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def match_layers(names: Sequence[str], include: Sequence[str] = (),
+                 exclude: Sequence[str] = (),
+                 m_by_n: Optional[Tuple[int, int]] = None,
+                 without_blocks: Sequence[str] = ()) -> List[str]:
+  """The layers to prune among ``names``, from include/exclude patterns.
+
+  Shared by the backends' ``select_layers`` (one rule, one message for both
+  Kerases).
+
+  Args:
+    names: the prunable layers, in the model's order.
+    include: patterns; empty means every prunable layer.
+    exclude: patterns of layers never to prune.
+    m_by_n: (M, N) when pruning M:N blocks.
+    without_blocks: prunable layers left out of ``names`` because their input
+      dimension is not a multiple of N (named in the errors).
+
+  Raises:
+    ValueError: a pattern matches no prunable layer, or nothing is left.
+
+  Example:
+
+      match_layers(["conv1", "conv2", "out"], include=["conv*"])  # conv1, conv2
+  """
+  names = list(names)
+  note = ""
+  if m_by_n and without_blocks:
+    note = (f" ({list(without_blocks)} cannot take {m_by_n[0]}:{m_by_n[1]} "
+            "blocks: their input dimension is not a multiple of "
+            f"{m_by_n[1]}.)")
+  for parameter, patterns in (("include_layers", include),
+                              ("exclude_layers", exclude)):
+    for pattern in patterns:
+      if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+        raise ValueError(
+            f"`{parameter}` pattern {pattern!r} matches no prunable layer. "
+            f"Prunable layers: {names}.{note} Patterns are fnmatch patterns on "
+            "layer names, e.g. 'conv*'.")
+  selected = [n for n in names if (not include or matches(n, include))
+              and not matches(n, exclude)]
+  if not selected:
+    raise ValueError(
+        f"No layer is left to prune (include_layers={list(include)}, "
+        f"exclude_layers={list(exclude)}; prunable layers: {names}).{note} "
+        "Loosen the patterns.")
+  return selected
 
 
 def for_structure(structure: str) -> Strategy:
