@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from tfx_compression.components.common.evaluation_report import EvaluationReport
+
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
 
@@ -108,7 +110,7 @@ def collect(metadata_path: str, pipeline_name: str,
     path = os.path.join(out["evaluation"]["uri"], "report.json")
     if os.path.exists(path):
       with open(path) as f:
-        out["report"] = json.load(f)
+        out["report"] = EvaluationReport.from_json(f.read())
   return out
 
 
@@ -132,9 +134,9 @@ def render(info: Dict[str, Any], log_path: Optional[str] = None) -> str:
   lines: List[str] = []
   ev = info.get("evaluation") or {}
   bl = info.get("blessing") or {}
-  report = info.get("report") or {}
-  sizes = report.get("sizes") or {}
-  latency = report.get("latency") or {}
+  report: Optional[EvaluationReport] = info.get("report")
+  sizes = report.sizes if report else None
+  latency = report.latency if report else None
   metric = ev.get("metric") or bl.get("metric") or "accuracy"
   blessed = bl.get("blessed")
   gate = "-" if blessed is None else ("BLESSED" if blessed == 1 else "NOT BLESSED")
@@ -148,13 +150,11 @@ def render(info: Dict[str, Any], log_path: Optional[str] = None) -> str:
     structure = (_fmt(0.0, "pct"), _fmt(ev.get("sparsity"), "pct"))
   rows = [
       ("baseline (Trainer)", ev.get(f"baseline_{metric}"),
-       sizes.get("baseline_bytes"), sizes.get("baseline_gzip_bytes"),
-       latency.get("baseline_us") or _us(latency.get("baseline_seconds")),
-       structure[0], "-"),
-      ("compressed", ev.get(f"candidate_{metric}"), sizes.get("candidate_bytes"),
-       sizes.get("candidate_gzip_bytes"),
-       latency.get("candidate_us") or _us(latency.get("candidate_seconds")),
-       structure[1], gate),
+       sizes and sizes.baseline_bytes, sizes and sizes.baseline_gzip_bytes,
+       latency and latency.baseline_us, structure[0], "-"),
+      ("compressed", ev.get(f"candidate_{metric}"),
+       sizes and sizes.candidate_bytes, sizes and sizes.candidate_gzip_bytes,
+       latency and latency.candidate_us, structure[1], gate),
   ]
   header = (f"{'model':<20} {metric:>9} {'bytes':>11} {'gzip bytes':>11} "
             f"{'latency us':>10} {column:>9}  gate")
@@ -164,8 +164,8 @@ def render(info: Dict[str, Any], log_path: Optional[str] = None) -> str:
     lat_text = "-" if lat is None else f"{float(lat):.1f}"
     lines.append(f"{name:<20} {_fmt(m):>9} {_fmt(b, 'bytes'):>11} "
                  f"{_fmt(g, 'bytes'):>11} {lat_text:>10} {s:>9}  {g8}")
-  if sizes.get("representation"):
-    lines.append(f"(sizes and latency: {sizes['representation']})")
+  if sizes and sizes.representation:
+    lines.append(f"(sizes and latency: {sizes.representation})")
   if channels:
     lines.append(channel_text(channels))
   if ev.get("reason") or bl.get("reason"):
@@ -242,10 +242,6 @@ def channel_text(c: Dict[str, Any]) -> str:
       parts.append(f"{name} {int(c[key + '_before']):,} -> "
                    f"{int(c[key + '_after']):,}")
   return "(" + "; ".join(parts) + ")"
-
-
-def _us(seconds):
-  return None if seconds is None else float(seconds) * 1e6
 
 
 # One line per step, as the local runner prints it when a step ends.

@@ -170,6 +170,35 @@ class GateThresholds:
       return baseline_value - candidate_value
     return candidate_value - baseline_value
 
+  def worst_allowed(self, baseline_value: Optional[float]) -> Optional[float]:
+    """The worst metric value the quality thresholds allow (None if unknown).
+
+    For a higher-is-better metric the highest of the floors; for a lower-is-
+    better one the lowest of the ceilings. The drop thresholds need a finite
+    ``baseline_value``; ``min_value`` does not.
+
+    Example:
+
+        GateThresholds(max_drop=0.02, min_value=0.5).worst_allowed(0.95)  # 0.93
+    """
+    higher = higher_is_better(self.metric)
+    bounds = []
+    if (isinstance(baseline_value, (int, float))
+        and not isinstance(baseline_value, bool)
+        and math.isfinite(baseline_value)):
+      if self.max_drop is not None:
+        bounds.append(baseline_value - self.max_drop if higher
+                      else baseline_value + self.max_drop)
+      if self.max_relative_drop is not None:
+        delta = abs(baseline_value) * self.max_relative_drop
+        bounds.append(baseline_value - delta if higher
+                      else baseline_value + delta)
+    if self.min_value is not None and higher:
+      bounds.append(self.min_value)
+    if not bounds:
+      return None
+    return max(bounds) if higher else min(bounds)
+
   def check_quality(self, baseline_value: float,
                     candidate_value: float) -> List[ThresholdCheck]:
     """Checks the quality thresholds; a NaN value fails every check."""

@@ -33,6 +33,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 from absl import logging
 import numpy as np
 
+from tfx_compression.components.common import evaluation_report as report_types
 from tfx_compression.components.common import features as features_lib
 from tfx_compression.components.common import model_io
 from tfx_compression.components.common import model_stats
@@ -160,7 +161,7 @@ def tflite_sizes(content: bytes) -> Tuple[int, int]:
 @dataclasses.dataclass(frozen=True)
 class EvaluationResult:
   decision: Decision
-  report: Dict[str, Any]
+  report: report_types.EvaluationReport
 
 
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -269,7 +270,7 @@ def evaluate(*, pipeline, config, baseline_path: str, candidate_path: str,
     work_dir: a scratch directory.
 
   Returns:
-    The Decision and the report's data (see report.py).
+    The Decision and the EvaluationReport.
 
   Raises:
     features.DataError: empty split, label not in the schema, inputs that are
@@ -325,7 +326,7 @@ def evaluate(*, pipeline, config, baseline_path: str, candidate_path: str,
 
   chance = chance_accuracy(base_stats)
   decision = decide(config.thresholds, base_metrics, cand_metrics,
-                    sizes["compression_ratio"], latency["latency_ratio"],
+                    sizes.compression_ratio, latency.latency_ratio,
                     baseline_nonfinite=base_stats.nonfinite,
                     candidate_nonfinite=cand_stats.nonfinite,
                     examples=base_stats.examples,
@@ -336,15 +337,15 @@ def evaluate(*, pipeline, config, baseline_path: str, candidate_path: str,
                     chance_accuracy=chance)
   examples = _examples_section(config, base_stats, cand_stats, base_metrics,
                                output_kinds, kinds_source, chance)
-  sparsity = {
-      "candidate": (candidate_sparsity if candidate_sparsity is not None
-                    else measured_sparsity),
-      "source": ("recorded by the step that wrote the candidate"
-                 if candidate_sparsity is not None else
-                 "measured: zeros in the candidate's kernel weights"),
-      "measured": measured_sparsity,
-      "baseline": model_stats.sparsity_stats(baseline.model)["sparsity"],
-  }
+  sparsity = report_types.Sparsity(
+      candidate=(candidate_sparsity if candidate_sparsity is not None
+                 else measured_sparsity),
+      source=("recorded by the step that wrote the candidate"
+              if candidate_sparsity is not None else
+              "measured: zeros in the candidate's kernel weights"),
+      measured=measured_sparsity,
+      baseline=model_stats.sparsity_stats(baseline.model)["sparsity"],
+  )
   models = {
       "baseline": {"kind": "keras", "path": baseline_path},
       "candidate": {"kind": sources["candidate"].kind,
@@ -407,7 +408,8 @@ def _checked_totals(config, stats: Mapping[str, MetricStats]
 def _sizes_and_latency(config, baseline, candidate, baseline_path: str,
                        candidate_path: str,
                        lat_features: Optional[Mapping[str, np.ndarray]]
-                       ) -> Tuple[Dict[str, Any], Dict[str, Any], float]:
+                       ) -> Tuple[report_types.Sizes, report_types.Latency,
+                                  float]:
   """(sizes, latency, measured candidate sparsity), on one representation.
 
   A TFLite candidate is compared with the baseline converted to float TFLite;
@@ -463,58 +465,58 @@ def _sizes_and_latency(config, baseline, candidate, baseline_path: str,
   }
   sizes["compression_ratio"] = sizes[
       "size_ratio" if config.compression_measure == "raw" else "gzip_size_ratio"]
-  return sizes, latency, measured_sparsity
+  return (report_types.Sizes(**sizes), report_types.Latency(**latency),
+          measured_sparsity)
 
 
 def _examples_section(config, base_stats: MetricStats, cand_stats: MetricStats,
                       base_metrics: Mapping[str, float],
                       output_kinds: Mapping[str, str], kinds_source: str,
-                      chance: Optional[float]) -> Dict[str, Any]:
+                      chance: Optional[float]) -> report_types.Examples:
   """The report's account of the examples and of how outputs were read."""
-  return {
-      "split": config.eval_split, "count": base_stats.examples,
-      "baseline_nonfinite": base_stats.nonfinite,
-      "candidate_nonfinite": cand_stats.nonfinite,
-      "baseline_logit_rows": base_stats.logit_rows,
-      "candidate_logit_rows": cand_stats.logit_rows,
-      "num_classes": base_stats.num_classes, "top_k": config.top_k,
-      "baseline_outputs": output_kinds["baseline"],
-      "candidate_outputs": output_kinds["candidate"],
-      "outputs_read": kinds_source,
-      "label_key": config.label_key,
-      "counted": base_stats.count,
-      "min_examples": config.min_examples,
-      "chance_accuracy": chance,
-      "baseline_at_chance": bool(
+  return report_types.Examples(
+      split=config.eval_split, count=base_stats.examples,
+      baseline_nonfinite=base_stats.nonfinite,
+      candidate_nonfinite=cand_stats.nonfinite,
+      baseline_logit_rows=base_stats.logit_rows,
+      candidate_logit_rows=cand_stats.logit_rows,
+      num_classes=base_stats.num_classes, top_k=config.top_k,
+      baseline_outputs=output_kinds["baseline"],
+      candidate_outputs=output_kinds["candidate"],
+      outputs_read=kinds_source,
+      label_key=config.label_key,
+      counted=base_stats.count,
+      min_examples=config.min_examples,
+      chance_accuracy=chance,
+      baseline_at_chance=bool(
           chance is not None and math.isfinite(base_metrics["accuracy"])
           and base_metrics["accuracy"] <= chance),
-  }
+  )
 
 
 def _report(config, decision: Decision, base_metrics, cand_metrics, examples,
             sizes, latency, sparsity, models, baseline_blessed,
-            pruning_search) -> Dict[str, Any]:
-  """The report's data (see report.py), keys in the order report.json has them."""
+            pruning_search) -> report_types.EvaluationReport:
+  """The EvaluationReport (report.json's content)."""
   gate = config.thresholds
   finite = all(math.isfinite(m[gate.metric])
                for m in (base_metrics, cand_metrics))
-  return {
-      "blessed": decision.blessed,
-      "verdict": decision.verdict,
-      "reasons": list(decision.reasons),
-      "metric": gate.metric,
-      "higher_is_better": thresholds_lib.higher_is_better(gate.metric),
-      "thresholds": gate.to_dict(),
-      "checks": [c.to_dict() for c in decision.checks],
-      "metric_drop": (gate.drop(base_metrics[gate.metric],
-                                cand_metrics[gate.metric]) if finite else None),
-      "metrics": {"baseline": base_metrics, "candidate": cand_metrics},
-      "examples": examples,
-      "sizes": sizes,
-      "latency": latency,
-      "sparsity": sparsity,
-      "models": models,
-      "baseline_blessed": baseline_blessed,
-      "pruning_search": dict(pruning_search) if pruning_search else None,
-      "config": config.to_dict(),
-  }
+  return report_types.EvaluationReport(
+      blessed=decision.blessed,
+      verdict=decision.verdict,
+      reasons=tuple(decision.reasons),
+      thresholds=gate,
+      checks=tuple(decision.checks),
+      metric_drop=(gate.drop(base_metrics[gate.metric],
+                             cand_metrics[gate.metric]) if finite else None),
+      metrics={"baseline": dict(base_metrics),
+               "candidate": dict(cand_metrics)},
+      examples=examples,
+      sizes=sizes,
+      latency=latency,
+      sparsity=sparsity,
+      models=models,
+      baseline_blessed=baseline_blessed,
+      pruning_search=dict(pruning_search) if pruning_search else None,
+      config=config.to_dict(),
+  )

@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import tensorflow as tf
@@ -31,6 +31,7 @@ from tfx.components.util import model_utils
 from tfx.dsl.components.base import base_beam_executor
 
 from tfx_compression.components.common import artifacts
+from tfx_compression.components.common import evaluation_report as report_types
 from tfx_compression.components.common import model_io
 from tfx_compression.components.compression_evaluator import config as config_lib
 from tfx_compression.components.compression_evaluator import evaluation as evaluation_lib
@@ -128,22 +129,21 @@ def baseline_blessing_problem(wired: bool,
           "for `baseline_model`")
 
 
-def output_properties(report: Mapping[str, Any]) -> Dict[str, Any]:
+def output_properties(report: report_types.EvaluationReport) -> Dict[str, Any]:
   """The custom properties both outputs carry (visible in ML Metadata)."""
-  metric = report["metric"]
-  sizes, latency = report["sizes"], report["latency"]
+  metric = report.metric
   return {
       "metric": metric,
-      f"baseline_{metric}": report["metrics"]["baseline"][metric],
-      f"candidate_{metric}": report["metrics"]["candidate"][metric],
-      "metric_drop": report["metric_drop"],
-      "size_ratio": sizes["size_ratio"],
-      "gzip_size_ratio": sizes["gzip_size_ratio"],
-      "latency_ratio": latency["latency_ratio"],
-      "sparsity": report["sparsity"]["candidate"],
-      "examples_count": report["examples"]["count"],
-      BLESSED_PROPERTY: int(bool(report["blessed"])),
-      "reason": report["verdict"],
+      f"baseline_{metric}": report.metric_value("baseline"),
+      f"candidate_{metric}": report.metric_value("candidate"),
+      "metric_drop": report.metric_drop,
+      "size_ratio": report.sizes.size_ratio,
+      "gzip_size_ratio": report.sizes.gzip_size_ratio,
+      "latency_ratio": report.latency.latency_ratio,
+      "sparsity": report.sparsity.candidate,
+      "examples_count": report.examples.count,
+      BLESSED_PROPERTY: int(bool(report.blessed)),
+      "reason": report.verdict,
   }
 
 

@@ -1,7 +1,7 @@
 """The CompressionEvaluator's report: JSON, Markdown, and a self-contained HTML page.
 
-Pure functions of the report's data (the dict :func:`evaluation.evaluate`
-returns): no file, no TFX, no plotting library. The HTML page inlines its CSS
+Pure functions of an :class:`EvaluationReport` (common/evaluation_report.py,
+what :func:`evaluation.evaluate` returns): no file, no TFX, no plotting library. The HTML page inlines its CSS
 and draws its plots as SVG, so it opens anywhere, offline (an artifact viewer,
 a mail attachment, a CI log).
 
@@ -14,9 +14,11 @@ Example:
 import html
 import json
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from tfx_compression.components.common import thresholds as thresholds_lib
+from tfx_compression.components.common.evaluation_report import EvaluationReport
+from tfx_compression.components.common.evaluation_report import sanitize as _sanitize
 
 JSON_NAME = "report.json"
 MARKDOWN_NAME = "report.md"
@@ -86,29 +88,18 @@ def fmt_percent(f: Any) -> str:
   return f"{100 * f:.1f}%" if _finite(f) else "n/a"
 
 
-def _sanitize(obj: Any) -> Any:
-  """JSON-safe: NaN and infinities become null (strict JSON has neither)."""
-  if isinstance(obj, float) and not math.isfinite(obj):
-    return None
-  if isinstance(obj, dict):
-    return {str(k): _sanitize(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_sanitize(v) for v in obj]
-  return obj
-
-
-def _check_rows(report: Mapping[str, Any]) -> List[Tuple[str, str, str, str, bool]]:
+def _check_rows(report: EvaluationReport) -> List[Tuple[str, str, str, str, bool]]:
   """(threshold, what, value, limit, passed) for every threshold that is set."""
   rows = []
-  for c in report.get("checks", []):
-    rows.append((c["name"], c["description"], fmt_value(c["value"]),
-                 f"{c['comparison']} {c['limit']:g}", bool(c["passed"])))
+  for c in report.checks:
+    rows.append((c.name, c.description, fmt_value(c.value),
+                 f"{c.comparison} {c.limit:g}", bool(c.passed)))
   return rows
 
 
-def _metric_rows(report: Mapping[str, Any]) -> List[Tuple[str, str, str, str]]:
-  base = report["metrics"]["baseline"]
-  cand = report["metrics"]["candidate"]
+def _metric_rows(report: EvaluationReport) -> List[Tuple[str, str, str, str]]:
+  base = report.metrics["baseline"]
+  cand = report.metrics["candidate"]
   rows = []
   for name in thresholds_lib.METRICS:
     b, c = base.get(name), cand.get(name)
@@ -118,36 +109,9 @@ def _metric_rows(report: Mapping[str, Any]) -> List[Tuple[str, str, str, str]]:
       delta = f"{change:+.4f}"
     label = name
     if name == "top_k_accuracy":
-      label = f"top_{report.get('examples', {}).get('top_k', 'k')}_accuracy"
+      label = f"top_{report.examples.top_k}_accuracy"
     rows.append((label, fmt_value(b), fmt_value(c), delta))
   return rows
-
-
-def quality_bound(report: Mapping[str, Any],
-                  baseline_value: Optional[float] = None) -> Optional[float]:
-  """The worst metric value the quality thresholds allow (None if unknown).
-
-  For a higher-is-better metric the highest of the floors; for a lower-is-
-  better one the lowest of the ceilings.
-  """
-  t = report["thresholds"]
-  metric = report["metric"]
-  higher = thresholds_lib.higher_is_better(metric)
-  if baseline_value is None:
-    baseline_value = report["metrics"]["baseline"].get(metric)
-  bounds = []
-  if _finite(baseline_value):
-    if t.get("max_drop") is not None:
-      bounds.append(baseline_value - t["max_drop"] if higher
-                    else baseline_value + t["max_drop"])
-    if t.get("max_relative_drop") is not None:
-      delta = abs(baseline_value) * t["max_relative_drop"]
-      bounds.append(baseline_value - delta if higher else baseline_value + delta)
-  if t.get("min_value") is not None and higher:
-    bounds.append(t["min_value"])
-  if not bounds:
-    return None
-  return max(bounds) if higher else min(bounds)
 
 
 # ---------------------------------------------------------------------------
@@ -155,10 +119,9 @@ def quality_bound(report: Mapping[str, Any],
 # ---------------------------------------------------------------------------
 
 
-def to_json(report: Mapping[str, Any]) -> str:
+def to_json(report: EvaluationReport) -> str:
   """Strict JSON (NaN -> null), keys sorted."""
-  return json.dumps(_sanitize(dict(report)), indent=2, sort_keys=True,
-                    default=str, allow_nan=False)
+  return report.to_json()
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -170,54 +133,54 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   return "\n".join(lines)
 
 
-def to_markdown(report: Mapping[str, Any]) -> str:
+def to_markdown(report: EvaluationReport) -> str:
   """The report as Markdown: verdict, thresholds, metrics, size, latency."""
-  status = "BLESSED" if report["blessed"] else "NOT BLESSED"
-  ex = report["examples"]
-  sizes, lat, sp = report["sizes"], report["latency"], report["sparsity"]
-  out = [f"# Compression gate: {status}", "", report["verdict"], ""]
+  status = "BLESSED" if report.blessed else "NOT BLESSED"
+  ex = report.examples
+  sizes, lat, sp = report.sizes, report.latency, report.sparsity
+  out = [f"# Compression gate: {status}", "", report.verdict, ""]
   out += ["## Thresholds", ""]
   rows = [(n, d, v, l, "pass" if p else "**FAIL**")
           for n, d, v, l, p in _check_rows(report)]
   out.append(_md_table(["threshold", "what", "value", "limit", "result"], rows))
-  if report.get("reasons"):
+  if report.reasons:
     out += ["", "Other reasons it was not blessed:", ""]
-    out += [f"- {r}" for r in report["reasons"]]
-  out += ["", f"## Metrics ({ex['count']} examples of the '{ex['split']}' "
-          f"split; gate metric: {report['metric']})", ""]
+    out += [f"- {r}" for r in report.reasons]
+  out += ["", f"## Metrics ({ex.count} examples of the '{ex.split}' "
+          f"split; gate metric: {report.metric})", ""]
   out.append(_md_table(["metric", "baseline", "candidate", "change"],
                        _metric_rows(report)))
   notes = _prediction_notes(report)
   if notes:
     out += [""] + [f"- {n}" for n in notes]
-  out += ["", "## Size", "", f"Compared: {sizes['representation']}.", ""]
+  out += ["", "## Size", "", f"Compared: {sizes.representation}.", ""]
   out.append(_md_table(
       ["", "baseline", "candidate", "baseline / candidate"],
-      [("bytes", fmt_bytes(sizes["baseline_bytes"]),
-        fmt_bytes(sizes["candidate_bytes"]), fmt_ratio(sizes["size_ratio"])),
-       ("gzip bytes", fmt_bytes(sizes["baseline_gzip_bytes"]),
-        fmt_bytes(sizes["candidate_gzip_bytes"]),
-        fmt_ratio(sizes["gzip_size_ratio"]))]))
-  out += ["", f"`min_compression_ratio` compares the {sizes['compression_measure']}"
+      [("bytes", fmt_bytes(sizes.baseline_bytes),
+        fmt_bytes(sizes.candidate_bytes), fmt_ratio(sizes.size_ratio)),
+       ("gzip bytes", fmt_bytes(sizes.baseline_gzip_bytes),
+        fmt_bytes(sizes.candidate_gzip_bytes),
+        fmt_ratio(sizes.gzip_size_ratio))]))
+  out += ["", f"`min_compression_ratio` compares the {sizes.compression_measure}"
           " bytes. Baseline SavedModel: "
-          f"{fmt_bytes(sizes.get('baseline_saved_model_bytes'))}.", ""]
+          f"{fmt_bytes(sizes.baseline_saved_model_bytes)}.", ""]
   out += ["## Latency", ""]
-  if lat.get("samples"):
+  if lat.samples:
     out.append(_md_table(
         ["", "baseline", "candidate", "candidate / baseline"],
-        [("median per example", fmt_seconds(lat["baseline_seconds"]),
-          fmt_seconds(lat["candidate_seconds"]),
-          fmt_ratio(lat["latency_ratio"]))]))
-    out += ["", f"{lat['runtime']}; {lat['threads']} thread(s); "
-            f"{lat['samples']} examples timed per model after "
-            f"{lat['warmup']} warm-up calls; the models take turns every "
-            f"{lat.get('block', 1)} example(s).", ""]
+        [("median per example", fmt_seconds(lat.baseline_seconds),
+          fmt_seconds(lat.candidate_seconds),
+          fmt_ratio(lat.latency_ratio))]))
+    out += ["", f"{lat.runtime}; {lat.threads} thread(s); "
+            f"{lat.samples} examples timed per model after "
+            f"{lat.warmup} warm-up calls; the models take turns every "
+            f"{lat.block} example(s).", ""]
   else:
     out += ["Not measured (`latency_samples`=0).", ""]
   out += ["## Sparsity", "",
-          f"Candidate: {fmt_percent(sp['candidate'])} ({sp['source']}); "
-          f"baseline: {fmt_percent(sp.get('baseline'))}.", ""]
-  search = report.get("pruning_search")
+          f"Candidate: {fmt_percent(sp.candidate)} ({sp.source}); "
+          f"baseline: {fmt_percent(sp.baseline)}.", ""]
+  search = report.pruning_search
   if search and search.get("steps"):
     out += ["## Pruning search", "",
             f"Chosen sparsity: {fmt_value(search.get('chosen_sparsity'), 2)}; "
@@ -232,25 +195,25 @@ def to_markdown(report: Mapping[str, Any]) -> str:
   return "\n".join(out).rstrip() + "\n"
 
 
-def _prediction_notes(report: Mapping[str, Any]) -> List[str]:
-  ex = report["examples"]
+def _prediction_notes(report: EvaluationReport) -> List[str]:
+  ex = report.examples
   notes = []
-  for role in ("baseline", "candidate"):
-    bad = ex.get(f"{role}_nonfinite") or 0
+  for role, bad, logits in (
+      ("baseline", ex.baseline_nonfinite, ex.baseline_logit_rows),
+      ("candidate", ex.candidate_nonfinite, ex.candidate_logit_rows)):
     if bad:
       notes.append(f"{bad} {role} predictions were NaN or infinite and are "
                    "left out of its metrics.")
-    logits = ex.get(f"{role}_logit_rows") or 0
     if logits:
       notes.append(f"The {role}'s outputs were read as logits for {logits} "
                    "examples (softmax/sigmoid applied).")
-  if ex.get("outputs_read"):
-    notes.append(f"How the outputs were read ({ex.get('baseline_outputs')}): "
-                 f"{ex['outputs_read']}.")
-  if ex.get("baseline_at_chance"):
+  if ex.outputs_read:
+    notes.append(f"How the outputs were read ({ex.baseline_outputs}): "
+                 f"{ex.outputs_read}.")
+  if ex.baseline_at_chance:
     notes.append("The baseline is at chance level: its accuracy is no better "
                  "than always predicting the most frequent class "
-                 f"({fmt_value(ex.get('chance_accuracy'))}).")
+                 f"({fmt_value(ex.chance_accuracy)}).")
   return notes
 
 
@@ -433,30 +396,30 @@ def _padded(values: Sequence[float], bounded: bool,
   return lo, hi
 
 
-def size_metric_svg(report: Mapping[str, Any]) -> Optional[str]:
+def size_metric_svg(report: EvaluationReport) -> Optional[str]:
   """Size (x) against the gate metric (y) for baseline and candidate, with
   the region the thresholds accept shaded."""
-  metric = report["metric"]
-  sizes = report["sizes"]
-  gzip = sizes.get("compression_measure") == "gzip"
-  key = "gzip_bytes" if gzip else "bytes"
-  bx, cx = sizes.get(f"baseline_{key}"), sizes.get(f"candidate_{key}")
-  by = report["metrics"]["baseline"].get(metric)
-  cy = report["metrics"]["candidate"].get(metric)
+  metric = report.metric
+  sizes = report.sizes
+  gzip = sizes.compression_measure == "gzip"
+  bx, cx = ((sizes.baseline_gzip_bytes, sizes.candidate_gzip_bytes) if gzip
+            else (sizes.baseline_bytes, sizes.candidate_bytes))
+  by = report.metric_value("baseline")
+  cy = report.metric_value("candidate")
   if not all(_finite(v) for v in (bx, cx, by)):
     return None
   unit, scale = ("MiB", 1 << 20) if max(bx, cx) >= 4 << 20 else ("KiB", 1 << 10)
   bx, cx = bx / scale, cx / scale
-  bound = quality_bound(report)
+  bound = report.quality_bound()
   ys = [by] + ([cy] if _finite(cy) else []) + ([bound] if _finite(bound) else [])
   higher, bounded = thresholds_lib.METRICS[metric]
   ylim = _padded(ys, bounded)
   chart = _Chart((0.0, max(bx, cx) * 1.18), ylim,
                  title=f"Size against {metric}")
   chart.axes(f"{'gzip ' if gzip else ''}size ({unit})", metric)
-  t = report["thresholds"]
-  max_size = (bx / t["min_compression_ratio"]
-              if t.get("min_compression_ratio") else chart.x1)
+  t = report.thresholds
+  max_size = (bx / t.min_compression_ratio
+              if t.min_compression_ratio else chart.x1)
   if _finite(bound):
     if higher:
       chart.band(0.0, max_size, bound, chart.y1, _PASS_COLOR)
@@ -464,10 +427,10 @@ def size_metric_svg(report: Mapping[str, Any]) -> Optional[str]:
       chart.band(0.0, max_size, chart.y0, bound, _PASS_COLOR)
     chart.hline(bound, _PASS_COLOR,
                 f"gate: {metric} {'≥' if higher else '≤'} {bound:.4f}")
-  if t.get("min_compression_ratio"):
+  if t.min_compression_ratio:
     chart.vline(max_size, _PASS_COLOR,
-                f"size ≤ baseline / {t['min_compression_ratio']:g}")
-  color = _PASS_COLOR if report["blessed"] else _FAIL_COLOR
+                f"size ≤ baseline / {t.min_compression_ratio:g}")
+  color = _PASS_COLOR if report.blessed else _FAIL_COLOR
   # The lower point's label goes below it, so close points keep apart.
   cand_below = _finite(cy) and cy < by
   if _finite(cy):
@@ -480,21 +443,21 @@ def size_metric_svg(report: Mapping[str, Any]) -> Optional[str]:
   return chart.svg(f"Size against {metric} for the baseline and the candidate")
 
 
-def search_svg(report: Mapping[str, Any]) -> Optional[str]:
+def search_svg(report: EvaluationReport) -> Optional[str]:
   """The Pruner's search: sparsity (x) against its metric (y), the gate line."""
-  search = report.get("pruning_search") or {}
+  search = report.pruning_search or {}
   steps = [s for s in search.get("steps") or []
            if _finite(s.get("sparsity")) and _finite(s.get("metric"))]
   if not steps:
     return None
   steps = sorted(steps, key=lambda s: s["sparsity"])
-  name = steps[0].get("metric_name") or report["metric"]
+  name = steps[0].get("metric_name") or report.metric
   try:
     canonical = thresholds_lib.canonical_metric(name)
   except (TypeError, ValueError):
     canonical = None
   base = search.get("baseline_metric")
-  bound = (quality_bound(report, base) if canonical == report["metric"]
+  bound = (report.quality_bound(base) if canonical == report.metric
            and _finite(base) else None)
   ys = [s["metric"] for s in steps] + [v for v in (base, bound) if _finite(v)]
   bounded = canonical is not None and thresholds_lib.METRICS[canonical][1]
@@ -602,27 +565,27 @@ def _chip(passed: bool) -> str:
           else '<span class="chip fail">FAIL</span>')
 
 
-def to_html(report: Mapping[str, Any]) -> str:
+def to_html(report: EvaluationReport) -> str:
   """A self-contained HTML page (inline CSS and SVG; nothing is fetched)."""
   e = html.escape
-  blessed = report["blessed"]
-  metric = report["metric"]
-  ex, sizes = report["examples"], report["sizes"]
-  lat, sp = report["latency"], report["sparsity"]
-  base_m = report["metrics"]["baseline"].get(metric)
-  cand_m = report["metrics"]["candidate"].get(metric)
-  drop = report.get("metric_drop")
+  blessed = report.blessed
+  metric = report.metric
+  ex, sizes = report.examples, report.sizes
+  lat, sp = report.latency, report.sparsity
+  base_m = report.metric_value("baseline")
+  cand_m = report.metric_value("candidate")
+  drop = report.metric_drop
 
   cards = [
       (metric, fmt_value(cand_m),
        f"baseline {fmt_value(base_m)}; drop {fmt_value(drop)}"),
-      ("size ratio", fmt_ratio(sizes.get("size_ratio")),
-       f"gzip {fmt_ratio(sizes.get('gzip_size_ratio'))}"),
-      ("latency ratio", fmt_ratio(lat.get("latency_ratio")),
-       f"{fmt_seconds(lat.get('candidate_seconds'))} vs "
-       f"{fmt_seconds(lat.get('baseline_seconds'))}"),
-      ("sparsity", fmt_percent(sp.get("candidate")),
-       f"baseline {fmt_percent(sp.get('baseline'))}"),
+      ("size ratio", fmt_ratio(sizes.size_ratio),
+       f"gzip {fmt_ratio(sizes.gzip_size_ratio)}"),
+      ("latency ratio", fmt_ratio(lat.latency_ratio),
+       f"{fmt_seconds(lat.candidate_seconds)} vs "
+       f"{fmt_seconds(lat.baseline_seconds)}"),
+      ("sparsity", fmt_percent(sp.candidate),
+       f"baseline {fmt_percent(sp.baseline)}"),
   ]
   cards_html = "".join(
       f'<div class="card"><div class="k">{e(k)}</div><div class="v">{e(v)}'
@@ -631,7 +594,7 @@ def to_html(report: Mapping[str, Any]) -> str:
   check_rows = [(f"<code>{e(n)}</code>", e(d), e(v), e(l), _chip(p))
                 for n, d, v, l, p in _check_rows(report)]
   check_rows += [("<em>other</em>", e(r), "", "", _chip(False))
-                 for r in report.get("reasons", [])]
+                 for r in report.reasons]
   thresholds_html = _table(["threshold", "what", "value", "limit", "result"],
                            check_rows, num_cols=(2, 3))
 
@@ -648,21 +611,21 @@ def to_html(report: Mapping[str, Any]) -> str:
 
   size_html = _table(
       ["", "baseline", "candidate", "baseline / candidate"],
-      [["bytes", e(fmt_bytes(sizes["baseline_bytes"])),
-        e(fmt_bytes(sizes["candidate_bytes"])), e(fmt_ratio(sizes["size_ratio"]))],
-       ["gzip bytes", e(fmt_bytes(sizes["baseline_gzip_bytes"])),
-        e(fmt_bytes(sizes["candidate_gzip_bytes"])),
-        e(fmt_ratio(sizes["gzip_size_ratio"]))]], num_cols=(1, 2, 3))
-  if lat.get("samples"):
+      [["bytes", e(fmt_bytes(sizes.baseline_bytes)),
+        e(fmt_bytes(sizes.candidate_bytes)), e(fmt_ratio(sizes.size_ratio))],
+       ["gzip bytes", e(fmt_bytes(sizes.baseline_gzip_bytes)),
+        e(fmt_bytes(sizes.candidate_gzip_bytes)),
+        e(fmt_ratio(sizes.gzip_size_ratio))]], num_cols=(1, 2, 3))
+  if lat.samples:
     lat_html = _table(
         ["", "baseline", "candidate", "candidate / baseline"],
-        [["median per example", e(fmt_seconds(lat["baseline_seconds"])),
-          e(fmt_seconds(lat["candidate_seconds"])),
-          e(fmt_ratio(lat["latency_ratio"]))]], num_cols=(1, 2, 3))
-    lat_html += (f"<p class='sub'>{e(lat['runtime'])}; {lat['threads']} "
-                 f"thread(s); {lat['samples']} examples timed per model after "
-                 f"{lat['warmup']} warm-up calls; the models take turns every "
-                 f"{lat.get('block', 1)} example(s).</p>")
+        [["median per example", e(fmt_seconds(lat.baseline_seconds)),
+          e(fmt_seconds(lat.candidate_seconds)),
+          e(fmt_ratio(lat.latency_ratio))]], num_cols=(1, 2, 3))
+    lat_html += (f"<p class='sub'>{e(lat.runtime)}; {lat.threads} "
+                 f"thread(s); {lat.samples} examples timed per model after "
+                 f"{lat.warmup} warm-up calls; the models take turns every "
+                 f"{lat.block} example(s).</p>")
   else:
     lat_html = "<p>Not measured (<code>latency_samples</code>=0).</p>"
 
@@ -680,20 +643,20 @@ def to_html(report: Mapping[str, Any]) -> str:
   plots_html = (f"<section><h2>Plots</h2><div class='plots'>{''.join(plots)}"
                 "</div></section>") if plots else ""
 
-  cand = report["models"]["candidate"]
+  cand = report.models["candidate"]
   models_html = _table(
       ["", "kind", "path"],
-      [["baseline", e(report["models"]["baseline"]["kind"]),
-        f"<code>{e(str(report['models']['baseline']['path']))}</code>"],
+      [["baseline", e(report.models["baseline"]["kind"]),
+        f"<code>{e(str(report.models['baseline']['path']))}</code>"],
        ["candidate", e(cand["kind"] + (f" (preprocessing: {cand['preprocessing']})"
                                        if cand.get("preprocessing") else "")),
         f"<code>{e(str(cand['path']))}</code>"]])
   blessing_note = ""
-  if report.get("baseline_blessed") is not None:
-    upstream = "blessed" if report["baseline_blessed"] else "NOT blessed"
+  if report.baseline_blessed is not None:
+    upstream = "blessed" if report.baseline_blessed else "NOT blessed"
     blessing_note = f"<p>Upstream blessing of the baseline: {upstream}.</p>"
 
-  config_json = json.dumps(_sanitize(report.get("config", {})), indent=2,
+  config_json = json.dumps(_sanitize(dict(report.config)), indent=2,
                            sort_keys=True)
   status = "BLESSED" if blessed else "NOT BLESSED"
   return f"""<!DOCTYPE html>
@@ -703,22 +666,22 @@ def to_html(report: Mapping[str, Any]) -> str:
 <style>{_CSS}</style></head>
 <body><main>
 <h1>Compression gate</h1>
-<p class="sub">{ex['count']} examples of the '{e(ex['split'])}' split;
-label <code>{e(str(ex.get('label_key')))}</code>; {ex.get('num_classes')} classes;
+<p class="sub">{ex.count} examples of the '{e(ex.split)}' split;
+label <code>{e(str(ex.label_key))}</code>; {ex.num_classes} classes;
 gate metric <strong>{e(metric)}</strong>.</p>
 <div class="verdict {'pass' if blessed else 'fail'}">
-<div class="badge">{status}</div><p>{e(report['verdict'])}</p></div>
+<div class="badge">{status}</div><p>{e(report.verdict)}</p></div>
 <div class="cards">{cards_html}</div>
 <section><h2>Thresholds</h2>{thresholds_html}</section>
 {plots_html}
 <section><h2>Metrics</h2>{metrics_html}{notes_html}</section>
-<section><h2>Size</h2><p class="sub">Compared: {e(sizes['representation'])}.
-<code>min_compression_ratio</code> compares the {e(sizes['compression_measure'])}
-bytes. Baseline SavedModel: {e(fmt_bytes(sizes.get('baseline_saved_model_bytes')))}.
+<section><h2>Size</h2><p class="sub">Compared: {e(sizes.representation)}.
+<code>min_compression_ratio</code> compares the {e(sizes.compression_measure)}
+bytes. Baseline SavedModel: {e(fmt_bytes(sizes.baseline_saved_model_bytes))}.
 </p>{size_html}</section>
 <section><h2>Latency</h2>{lat_html}</section>
-<section><h2>Sparsity</h2><p>Candidate {e(fmt_percent(sp.get('candidate')))}
-({e(sp.get('source', ''))}); baseline {e(fmt_percent(sp.get('baseline')))}.</p>
+<section><h2>Sparsity</h2><p>Candidate {e(fmt_percent(sp.candidate))}
+({e(sp.source)}); baseline {e(fmt_percent(sp.baseline))}.</p>
 </section>
 <section><h2>Models</h2>{models_html}{blessing_note}
 <details><summary>Configuration</summary><pre>{e(config_json)}</pre></details>
@@ -727,7 +690,7 @@ bytes. Baseline SavedModel: {e(fmt_bytes(sizes.get('baseline_saved_model_bytes')
 """
 
 
-def render(report: Mapping[str, Any]) -> Dict[str, str]:
+def render(report: EvaluationReport) -> Dict[str, str]:
   """{file name: content} of the three report files."""
   return {JSON_NAME: to_json(report), MARKDOWN_NAME: to_markdown(report),
           HTML_NAME: to_html(report)}

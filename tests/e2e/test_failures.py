@@ -78,7 +78,7 @@ def test_the_gate_never_leaks(workdir, variant):
     info = summary.collect(str(workdir / "metadata.sqlite"), NAME, str(serving))
     assert info["blessing"]["blessed"] == 0
     assert info["pushed"]["pushed"] == 0
-    assert info["report"]["verdict"].startswith("NOT BLESSED")
+    assert info["report"].verdict.startswith("NOT BLESSED")
   assert pushed_files(serving) == [], f"{variant}: something was pushed"
 
 

@@ -1,11 +1,13 @@
 """Tests for the report: JSON, Markdown and the self-contained HTML page."""
 
+import dataclasses
 import json
 import re
 
 import numpy as np
 import pytest
 
+from tfx_compression.components.common import evaluation_report as report_types
 from tfx_compression.components.common import metrics as metrics_lib
 from tfx_compression.components.common import thresholds
 from tfx_compression.components.compression_evaluator import evaluation as ev
@@ -29,38 +31,37 @@ def make_report(candidate_acc=0.9, gate=None, search=None, nonfinite=0,
       metrics_lib.batch_stats(outputs(0.95), labels))
   cand = metrics_lib.metrics_from_stats(
       metrics_lib.batch_stats(outputs(candidate_acc), labels))
-  sizes = {"representation": "TFLite: float baseline against the candidate",
-           "baseline_bytes": 1_146_464, "candidate_bytes": 301_224,
-           "baseline_gzip_bytes": 1_052_019, "candidate_gzip_bytes": 263_929,
-           "size_ratio": 1_146_464 / 301_224,
-           "gzip_size_ratio": 1_052_019 / 263_929,
-           "baseline_saved_model_bytes": 3_807_955,
-           "compression_measure": "raw"}
-  latency = {"baseline_seconds": 8.4e-5, "candidate_seconds": 3.0e-5,
-             "latency_ratio": 3.0 / 8.4, "samples": 200, "warmup": 10,
-             "threads": 1, "runtime": "TFLite interpreter, 1 thread"}
-  d = ev.decide(gate, base, cand, sizes["size_ratio"], latency["latency_ratio"],
+  sizes = report_types.Sizes(
+      representation="TFLite: float baseline against the candidate",
+      baseline_bytes=1_146_464, candidate_bytes=301_224,
+      baseline_gzip_bytes=1_052_019, candidate_gzip_bytes=263_929,
+      size_ratio=1_146_464 / 301_224, gzip_size_ratio=1_052_019 / 263_929,
+      baseline_saved_model_bytes=3_807_955, compression_measure="raw")
+  latency = report_types.Latency(
+      baseline_seconds=8.4e-5, candidate_seconds=3.0e-5,
+      latency_ratio=3.0 / 8.4, samples=200, warmup=10, threads=1,
+      runtime="TFLite interpreter, 1 thread")
+  d = ev.decide(gate, base, cand, sizes.size_ratio, latency.latency_ratio,
                 candidate_nonfinite=nonfinite, examples=400,
                 baseline_blessed=baseline_blessed)
-  return {
-      "blessed": d.blessed, "verdict": d.verdict, "reasons": list(d.reasons),
-      "metric": gate.metric, "thresholds": gate.to_dict(),
-      "checks": [c.to_dict() for c in d.checks],
-      "metric_drop": gate.drop(base[gate.metric], cand[gate.metric]),
-      "metrics": {"baseline": base, "candidate": cand},
-      "examples": {"split": "eval", "count": 400, "baseline_nonfinite": 0,
-                   "candidate_nonfinite": nonfinite, "baseline_logit_rows": 0,
-                   "candidate_logit_rows": 0, "num_classes": 4, "top_k": 5,
-                   "label_key": "label"},
-      "sizes": sizes, "latency": latency,
-      "sparsity": {"candidate": 0.8, "source": "recorded", "baseline": 0.0},
-      "models": {"baseline": {"kind": "keras", "path": "/m/base"},
-                 "candidate": {"kind": "tflite", "path": "/m/cand.tflite",
-                               "preprocessing": "none"}},
-      "baseline_blessed": baseline_blessed,
-      "pruning_search": search,
-      "config": {"label_key": "label"},
-  }
+  return report_types.EvaluationReport(
+      blessed=d.blessed, verdict=d.verdict, reasons=d.reasons,
+      thresholds=gate, checks=d.checks,
+      metric_drop=gate.drop(base[gate.metric], cand[gate.metric]),
+      metrics={"baseline": base, "candidate": cand},
+      examples=report_types.Examples(
+          split="eval", count=400, candidate_nonfinite=nonfinite,
+          num_classes=4, top_k=5, label_key="label"),
+      sizes=sizes, latency=latency,
+      sparsity=report_types.Sparsity(candidate=0.8, source="recorded",
+                                     baseline=0.0),
+      models={"baseline": {"kind": "keras", "path": "/m/base"},
+              "candidate": {"kind": "tflite", "path": "/m/cand.tflite",
+                            "preprocessing": "none"}},
+      baseline_blessed=baseline_blessed,
+      pruning_search=search,
+      config={"label_key": "label"},
+  )
 
 
 SEARCH = {"steps": [
@@ -77,21 +78,21 @@ class TestMarkdown:
     r = make_report(candidate_acc=0.80)
     md = report.to_markdown(r)
     assert md.startswith("# Compression gate: NOT BLESSED")
-    assert r["verdict"] in md
-    for check in r["checks"]:
+    assert r.verdict in md
+    for check in r.checks:
       row = next(line for line in md.splitlines()
-                 if line.startswith(f"| {check['name']} |"))
-      assert report.fmt_value(check["value"]) in row
-      assert f"{check['comparison']} {check['limit']:g}" in row
-      assert ("pass" if check["passed"] else "**FAIL**") in row
-    assert [c["name"] for c in r["checks"]] == [
+                 if line.startswith(f"| {check.name} |"))
+      assert report.fmt_value(check.value) in row
+      assert f"{check.comparison} {check.limit:g}" in row
+      assert ("pass" if check.passed else "**FAIL**") in row
+    assert [c.name for c in r.checks] == [
         "max_drop", "min_value", "min_compression_ratio"]
 
   def test_blessed_report_has_metrics_sizes_latency_sparsity(self):
     r = make_report(candidate_acc=0.95)
     md = report.to_markdown(r)
     assert md.startswith("# Compression gate: BLESSED")
-    assert f"| accuracy | {r['metrics']['baseline']['accuracy']:.4f} |" in md
+    assert f"| accuracy | {r.metrics['baseline']['accuracy']:.4f} |" in md
     assert "1.09 MiB" in md and "294.2 KiB" in md and "3.806×" in md
     assert "84.0 µs" in md and "80.0%" in md
     assert "Pruning search" not in md
@@ -123,9 +124,9 @@ class TestHtml:
     page = report.to_html(r)
     assert "NOT BLESSED" in page and "verdict fail" in page
     assert page.count('class="chip fail"') == sum(
-        not c["passed"] for c in r["checks"])
-    for c in r["checks"]:
-      assert f"<code>{c['name']}</code>" in page
+        not c.passed for c in r.checks)
+    for c in r.checks:
+      assert f"<code>{c.name}</code>" in page
     assert page.count("<svg") == 1  # size against metric only
     assert "Size against accuracy" in page
 
@@ -145,21 +146,22 @@ class TestPlot:
     svg = report.size_metric_svg(r)
     assert "baseline" in svg and "candidate" in svg
     # The gate line: baseline - max_drop, the higher of the two floors.
-    bound = report.quality_bound(r)
-    assert bound == pytest.approx(r["metrics"]["baseline"]["accuracy"] - 0.02)
+    bound = r.quality_bound()
+    assert bound == pytest.approx(r.metrics["baseline"]["accuracy"] - 0.02)
     assert f"accuracy ≥ {bound:.4f}" in svg
     assert "size ≤ baseline / 3" in svg
 
   def test_lower_is_better_metric(self):
     gate = thresholds.GateThresholds(metric="crossentropy", max_drop=0.05)
     r = make_report(gate=gate)
-    assert report.quality_bound(r) == pytest.approx(
-        r["metrics"]["baseline"]["crossentropy"] + 0.05)
+    assert r.quality_bound() == pytest.approx(
+        r.metrics["baseline"]["crossentropy"] + 0.05)
     assert "crossentropy ≤" in report.size_metric_svg(r)
 
   def test_no_plot_without_sizes(self):
     r = make_report()
-    r["sizes"]["candidate_bytes"] = None
+    r = dataclasses.replace(
+        r, sizes=dataclasses.replace(r.sizes, candidate_bytes=None))
     assert report.size_metric_svg(r) is None
     assert "<svg" not in report.to_html(r)
 
@@ -167,14 +169,75 @@ class TestPlot:
 class TestJson:
 
   def test_strict_json_round_trip(self):
-    r = make_report()
-    r["metrics"]["candidate"]["auc"] = float("nan")
+    r = make_report(search=SEARCH)
+    r.metrics["candidate"]["auc"] = float("nan")
     text = report.to_json(r)
     back = json.loads(text)
     assert back["metrics"]["candidate"]["auc"] is None
-    assert back["verdict"] == r["verdict"]
+    assert back["verdict"] == r.verdict
     assert back["checks"][0]["name"] == "max_drop"
+    again = report_types.EvaluationReport.from_json(text)
+    assert again.thresholds == r.thresholds and again.checks == r.checks
+    assert again.sizes == r.sizes and again.latency == r.latency
+    assert again.examples == r.examples and again.sparsity == r.sparsity
+    assert again.metrics["candidate"]["auc"] is None
+    assert again.to_json() == text
+
+  def test_json_keeps_the_layout_report_json_has(self):
+    back = json.loads(make_report().to_json())
+    assert sorted(back) == [
+        "baseline_blessed", "blessed", "checks", "config", "examples",
+        "higher_is_better", "latency", "metric", "metric_drop", "metrics",
+        "models", "pruning_search", "reasons", "sizes", "sparsity",
+        "thresholds", "verdict"]
+    assert sorted(back["latency"]) == [
+        "baseline_seconds", "block", "candidate_seconds", "latency_ratio",
+        "runtime", "samples", "threads", "warmup"]
+    assert back["metric"] == "accuracy" and back["higher_is_better"] is True
+
+  def test_from_json_refuses_what_is_not_a_report(self):
+    with pytest.raises(ValueError, match="not valid JSON"):
+      report_types.EvaluationReport.from_json("{")
+    with pytest.raises(ValueError, match="holds no `thresholds`"):
+      report_types.EvaluationReport.from_json('{"verdict": "x"}')
+
+  def test_latency_in_microseconds(self):
+    lat = make_report().latency
+    assert lat.baseline_us == pytest.approx(84.0)
+    assert lat.candidate_us == pytest.approx(30.0)
+    assert report_types.Latency().candidate_us is None
 
   def test_render_writes_three_files(self):
     files = report.render(make_report())
     assert set(files) == {"report.json", "report.md", "report.html"}
+
+
+class TestSummary:
+
+  def test_console_table_reads_sizes_and_latency_off_the_report(self):
+    from tfx_compression.pipelines import summary  # pylint: disable=g-import-not-at-top
+    info = {"evaluation": {"metric": "accuracy", "baseline_accuracy": 0.95,
+                           "candidate_accuracy": 0.94, "sparsity": 0.8},
+            "blessing": {"blessed": 1}, "pushed": {"pushed": 0},
+            "report": make_report()}
+    lines = summary.render(info).splitlines()
+    assert lines[2].split()[3:6] == ["1,146,464", "1,052,019", "84.0"]
+    assert lines[3].split()[1:5] == ["0.9400", "301,224", "263,929", "30.0"]
+    assert lines[4] == ("(sizes and latency: TFLite: float baseline against "
+                        "the candidate)")
+    info["report"] = None
+    assert summary.render(info).splitlines()[2].split()[3:6] == ["-", "-", "-"]
+
+
+class TestWorstAllowed:
+
+  def test_highest_floor_or_lowest_ceiling(self):
+    gate = thresholds.GateThresholds(max_drop=0.02, max_relative_drop=0.01,
+                                     min_value=0.5)
+    assert gate.worst_allowed(0.95) == pytest.approx(0.95 - 0.0095)
+    assert thresholds.GateThresholds(min_value=0.5).worst_allowed(
+        float("nan")) == 0.5
+    assert thresholds.GateThresholds(max_drop=0.02).worst_allowed(None) is None
+    low = thresholds.GateThresholds(metric="crossentropy", max_drop=0.1,
+                                    max_relative_drop=0.5)
+    assert low.worst_allowed(0.4) == pytest.approx(0.5)
