@@ -18,7 +18,6 @@ Example:
 import contextlib
 import dataclasses
 import glob
-import json
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any, Dict, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
 
+from tfx_compression.components.common import side_files
 from tfx_compression.pipelines import digits_data
 from tfx_compression.pipelines import pipeline as pipeline_lib
 from tfx_compression.pipelines import summary
@@ -183,8 +183,10 @@ def read_tflite_io(uri: str) -> Dict[str, Any]:
   path = find_tflite(uri)
   if path is None:
     raise FileNotFoundError(f"No .tflite file under {uri}.")
-  with open(os.path.join(os.path.dirname(path), "tflite_io.json")) as f:
-    return json.load(f)
+  io = side_files.read_tflite_io(path)
+  if io is None:
+    raise FileNotFoundError(f"No {side_files.TFLITE_IO} beside {path}.")
+  return io
 
 
 def float_tflite(model_uri: str) -> bytes:

@@ -464,12 +464,8 @@ def search_available() -> bool:
 def _read_search(uri: Optional[str]) -> Dict[str, Any]:
   if not uri:
     return {}
-  for path in (os.path.join(uri, "pruning_search.json"),
-               os.path.join(uri, "Format-Serving", "pruning_search.json")):
-    if os.path.exists(path):
-      with open(path) as f:
-        return json.load(f)
-  return {}
+  from tfx_compression.components.common import side_files  # pylint: disable=g-import-not-at-top
+  return side_files.read_pruning_search(uri) or {}
 
 
 def _asdict(obj) -> Dict[str, Any]:

@@ -18,7 +18,6 @@ at run time, or the blessing of another model than ``baseline_model``, gives
 NOT_BLESSED with the reason.
 """
 
-import json
 import os
 import shutil
 import tempfile
@@ -33,6 +32,7 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx_compression.components.common import artifacts
 from tfx_compression.components.common import evaluation_report as report_types
 from tfx_compression.components.common import model_io
+from tfx_compression.components.common import side_files
 from tfx_compression.components.compression_evaluator import config as config_lib
 from tfx_compression.components.compression_evaluator import evaluation as evaluation_lib
 from tfx_compression.components.compression_evaluator import report as report_lib
@@ -42,22 +42,6 @@ from tfx_compression.components.compression_evaluator import report as report_li
 BLESSED_FILE_NAME = "BLESSED"
 NOT_BLESSED_FILE_NAME = "NOT_BLESSED"
 BLESSED_PROPERTY = "blessed"
-TFLITE_IO_FILE_NAME = "tflite_io.json"
-PRUNING_SEARCH_FILE_NAME = "pruning_search.json"
-
-
-def _read_json(paths: List[str]) -> Optional[Dict[str, Any]]:
-  """The first of ``paths`` that exists, parsed; None if none does."""
-  for path in paths:
-    if tf.io.gfile.exists(path):
-      with tf.io.gfile.GFile(path) as f:
-        try:
-          return json.load(f)
-        except json.JSONDecodeError as e:
-          raise evaluation_lib.EvaluationError(
-              f"{path} is not valid JSON ({e}); re-run the step that wrote "
-              "it.") from e
-  return None
 
 
 def _custom_float(artifact: types.Artifact, name: str) -> Optional[float]:
@@ -176,11 +160,11 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     try:
       candidate_dir = model_io.serving_dir(candidate.uri)
       tflite = model_io.find_tflite(candidate_dir)
-      tflite_io = (_read_json([os.path.join(os.path.dirname(tflite),
-                                            TFLITE_IO_FILE_NAME)])
-                   if tflite else None)
-      search = _read_json([os.path.join(d, PRUNING_SEARCH_FILE_NAME)
-                           for d in (candidate.uri, candidate_dir)])
+      try:
+        tflite_io = side_files.read_tflite_io(tflite) if tflite else None
+        search = side_files.read_pruning_search(candidate.uri)
+      except side_files.SideFileError as e:
+        raise evaluation_lib.EvaluationError(str(e)) from e
       result = evaluation_lib.evaluate(
           pipeline=self._make_beam_pipeline(),
           config=config,

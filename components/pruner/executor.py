@@ -13,10 +13,10 @@ from tfx.dsl.components.base import base_executor
 from tfx_compression.components.common import artifacts
 from tfx_compression.components.common import model_io
 from tfx_compression.components.common import model_stats
+from tfx_compression.components.common import side_files
 from tfx_compression.components.pruner import config as config_lib
 from tfx_compression.components.pruner import inputs
 from tfx_compression.components.pruner import pruning
-from tfx_compression.components.pruner import search
 # Read here by tests/test_safe_loading.py.
 from tfx_compression.components.pruner.inputs import user_module as _user_module
 
@@ -72,9 +72,8 @@ class Executor(base_executor.BaseExecutor):
     if outcome.search is not None:
       # Beside the model, not inside Format-Serving: the Pusher pushes that
       # directory, and the curve is not part of the model.
-      artifacts.write_json(os.path.join(pruned_artifact.uri,
-                                        search.SEARCH_FILENAME),
-                           outcome.search.to_dict())
+      side_files.write_pruning_search(pruned_artifact.uri,
+                                      outcome.search.to_dict())
     artifacts.set_properties(pruned_artifact, properties)
     logging.info("Pruner wrote %s: sparsity %.4f (target %.4f), %d of %d "
                  "weights zero, gzip weights %d -> %d bytes, eval %s -> %s.",

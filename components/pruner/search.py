@@ -35,9 +35,6 @@ from tfx_compression.components.pruner import config as config_lib
 from tfx_compression.components.pruner import strategy as strategy_lib
 from tfx_compression.components.pruner.strategy import PruneResult
 
-SEARCH_FILENAME = "pruning_search.json"
-
-
 class SearchError(ValueError):
   """Even the first step of the search failed the gate: there is no model to emit."""
 

@@ -4,13 +4,13 @@ import os
 from typing import Any, Dict, List, Optional
 
 from absl import logging
-import tensorflow as tf
 from tfx import types
 from tfx.dsl.components.base import base_executor
 from tfx.utils import import_utils
 
 from tfx_compression.components.common import artifacts
 from tfx_compression.components.common import model_io
+from tfx_compression.components.common import side_files
 from tfx_compression.components.quantizer import quantization
 from tfx_compression.components.quantizer.config import QuantizerConfig
 
@@ -21,9 +21,6 @@ SCHEMA_KEY = "schema"
 TRANSFORM_GRAPH_KEY = "transform_graph"
 QUANTIZED_MODEL_KEY = "quantized_model"
 
-IO_FILENAME = "tflite_io.json"
-# Written by the Pruner's search mode; the evaluator draws the search curve.
-PRUNING_SEARCH_FILENAME = "pruning_search.json"
 
 
 class Executor(base_executor.BaseExecutor):
@@ -63,10 +60,9 @@ class Executor(base_executor.BaseExecutor):
       os.makedirs(serving)
       with open(os.path.join(serving, model_io.TFLITE_FILENAME), "wb") as f:
         f.write(result.tflite_model)
-      artifacts.write_json(os.path.join(serving, IO_FILENAME), result.io)
-      search = os.path.join(model_artifact.uri, PRUNING_SEARCH_FILENAME)
-      if tf.io.gfile.exists(search):
-        tf.io.gfile.copy(search, os.path.join(staging, PRUNING_SEARCH_FILENAME))
+      side_files.write_tflite_io(serving, result.io)
+      # The Pruner's search curve, so the evaluator can draw it.
+      side_files.carry_pruning_search(model_artifact.uri, staging)
     artifacts.set_properties(output, result.stats)
     logging.info("Quantizer wrote %s: %s", output.uri, result.stats)
 

@@ -316,11 +316,11 @@ def test_component_wires_and_encodes():
 def test_search_emits_the_chosen_step_with_its_curve(tmp_path, model_artifact,
                                                      examples_artifact,
                                                      schema_artifact):
-  from tfx_compression.components.pruner import search
+  from tfx_compression.components.common import side_files
   out, run = _run(tmp_path, model_artifact, examples_artifact, schema_artifact,
                   search_sparsities="0.5,0.7,0.95", search_steps=30,
                   max_drop=0.03)
-  with open(os.path.join(out.uri, search.SEARCH_FILENAME)) as f:
+  with open(os.path.join(out.uri, side_files.PRUNING_SEARCH)) as f:
     curve = json.load(f)
   steps = curve["steps"]
   assert [s["sparsity"] for s in steps][:2] == [0.5, 0.7]

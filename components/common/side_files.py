@@ -1,0 +1,93 @@
+"""The JSON files a step writes beside its model, named and read in one place.
+
+* ``pruning_search.json``, at the root of the Pruner's Model artifact (search
+  mode only): the search curve, one step per sparsity tried. The Quantizer
+  carries it to its own output so the CompressionEvaluator can draw the curve
+  of the model it gates.
+* ``tflite_io.json``, beside the Quantizer's ``model.tflite``
+  (``Format-Serving/``): the TFLite model's inputs and outputs and how a device
+  packs them.
+
+Readers return None when the file is not there (the step that writes it did
+not run in that mode) and raise :class:`SideFileError` when it is there but is
+not JSON.
+
+Example:
+
+    curve = side_files.read_pruning_search(candidate.uri)   # None if absent
+"""
+
+import json
+import os
+from typing import Any, Dict, Optional, Sequence
+
+from tfx_compression.components.common import model_io
+
+PRUNING_SEARCH = "pruning_search.json"
+TFLITE_IO = "tflite_io.json"
+
+
+class SideFileError(ValueError):
+  """A side file exists but cannot be read as JSON."""
+
+
+def read_json(paths: Sequence[str]) -> Optional[Dict[str, Any]]:
+  """The first of ``paths`` that exists, parsed; None if none does."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for path in paths:
+    if tf.io.gfile.exists(path):
+      with tf.io.gfile.GFile(path) as f:
+        try:
+          return json.load(f)
+        except json.JSONDecodeError as e:
+          raise SideFileError(
+              f"{path} is not valid JSON ({e}); re-run the step that wrote "
+              "it.") from e
+  return None
+
+
+def pruning_search_paths(model_uri: str) -> Sequence[str]:
+  """Where a Model artifact may hold the search curve (root, then serving dir)."""
+  return (os.path.join(model_uri, PRUNING_SEARCH),
+          os.path.join(model_uri, model_io.SERVING_DIR, PRUNING_SEARCH))
+
+
+def read_pruning_search(model_uri: str) -> Optional[Dict[str, Any]]:
+  """The search curve a Model artifact carries, or None."""
+  return read_json(pruning_search_paths(model_uri))
+
+
+def write_pruning_search(model_dir: str, curve: Any) -> None:
+  """Writes the curve at the root of a Model artifact's directory."""
+  _write_json(os.path.join(model_dir, PRUNING_SEARCH), curve)
+
+
+def carry_pruning_search(source_uri: str, target_dir: str) -> bool:
+  """Copies the source model's curve to ``target_dir``; False if it has none."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  source = os.path.join(source_uri, PRUNING_SEARCH)
+  if not tf.io.gfile.exists(source):
+    return False
+  tf.io.gfile.copy(source, os.path.join(target_dir, PRUNING_SEARCH))
+  return True
+
+
+def tflite_io_path(tflite_path: str) -> str:
+  """The tflite_io.json beside a ``.tflite`` file."""
+  return os.path.join(os.path.dirname(tflite_path), TFLITE_IO)
+
+
+def read_tflite_io(tflite_path: str) -> Optional[Dict[str, Any]]:
+  """The tflite_io.json beside a ``.tflite`` file, or None."""
+  return read_json([tflite_io_path(tflite_path)])
+
+
+def write_tflite_io(serving_dir: str, io: Any) -> None:
+  """Writes tflite_io.json in the directory that holds ``model.tflite``."""
+  _write_json(os.path.join(serving_dir, TFLITE_IO), io)
+
+
+def _write_json(path: str, payload: Any) -> None:
+  # Lazily: artifacts imports TFX, which readers (summary, benchmarks) need not.
+  from tfx_compression.components.common import artifacts  # pylint: disable=g-import-not-at-top
+  artifacts.write_json(path, payload)
