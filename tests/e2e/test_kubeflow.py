@@ -106,7 +106,7 @@ def test_names_our_three_executors(compiled):
     path = executor_class_path(containers[task])
     assert path == f"{cls.__module__}.{cls.__name__}"
     package = "compression_evaluator" if task == "CompressionEvaluator" else task.lower()
-    assert path == f"components.{package}.executor.Executor"
+    assert path == f"tfx_compression.components.{package}.executor.Executor"
 
 
 def test_every_step_runs_the_image_with_the_v2_entrypoint(compiled):
