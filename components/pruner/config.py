@@ -134,6 +134,12 @@ class PrunerConfig:
       skip the evaluation).
     module_file: optional Python file defining ``input_fn`` and/or
       ``custom_objects``.
+    distillation_weight: w in [0, 1]: fine-tune on (1 - w) * task loss +
+      w * T^2 * KL(teacher || student), the teacher being the input model,
+      frozen (see ``distillation.py``). 0 (default) is plain fine-tuning, bit
+      for bit; not benchmarked enough yet to be on by default.
+    distillation_temperature: T > 0, the softening temperature of both
+      models' outputs in the KL term.
   """
   label_key: Optional[str] = None
   target_sparsity: float = 0.8
@@ -164,6 +170,8 @@ class PrunerConfig:
   max_drop: Optional[float] = None
   max_relative_drop: Optional[float] = None
   min_value: Optional[float] = None
+  distillation_weight: float = 0.0
+  distillation_temperature: float = 2.0
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)  # frozen dataclass
@@ -173,6 +181,8 @@ class PrunerConfig:
     set_("target_sparsity", float(self.target_sparsity))
     set_("initial_sparsity", float(self.initial_sparsity))
     set_("learning_rate", float(self.learning_rate))
+    set_("distillation_weight", float(self.distillation_weight))
+    set_("distillation_temperature", float(self.distillation_temperature))
     set_("schedule", self.schedule.strip().lower())
     set_("sparsity_structure", self.sparsity_structure.strip().lower()
          .replace(" ", ""))
@@ -183,11 +193,13 @@ class PrunerConfig:
     self._validate_steps()
     self._validate_training()
     self._validate_search()
+    self._validate_distillation()
 
   # Validation, one group of rules per method (a new mode adds its own).
 
   def _validate_types(self):
-    for name in ("target_sparsity", "initial_sparsity", "learning_rate"):
+    for name in ("target_sparsity", "initial_sparsity", "learning_rate",
+                 "distillation_weight", "distillation_temperature"):
       checks.check_number(name, getattr(self, name))
     for name in ("begin_step", "finetune_steps", "batch_size", "seed"):
       checks.check_int(name, getattr(self, name))
@@ -327,6 +339,30 @@ class PrunerConfig:
           f"`search_sparsities` starts at {self.search_sparsities[0]}, below "
           f"`initial_sparsity`={self.initial_sparsity}; start at or above it.")
     resolve_schedule(self.stage_steps())
+
+  def _validate_distillation(self):
+    w, t = self.distillation_weight, self.distillation_temperature
+    if not 0.0 <= w <= 1.0:
+      raise ValueError(
+          f"`distillation_weight`={w!r} is outside [0, 1]: it is the share of "
+          "the loss taken by matching the input model's outputs (0 = plain "
+          "fine-tuning, 1 = distillation only). Use e.g. 0.5, or 0 to turn "
+          "distillation off.")
+    if not 0.0 < t <= 100.0:
+      raise ValueError(
+          f"`distillation_temperature`={t!r} is outside (0, 100]: it divides "
+          "both models' logits before the KL term (1 = as they are, higher = "
+          "softer). Use e.g. 2.0.")
+    if w > 0 and self.is_search:
+      raise ValueError(
+          f"`distillation_weight`={w!r} is not available with the pruning "
+          "search (`search_sparsities` is set) yet; set distillation_weight=0, "
+          "or prune to a fixed target_sparsity without search_sparsities.")
+
+  @property
+  def distills(self) -> bool:
+    """True when the fine-tuning distills from the input model."""
+    return self.distillation_weight > 0
 
   def gate(self) -> thresholds_lib.GateThresholds:
     """The search's gate (the CompressionEvaluator's rules, one definition)."""

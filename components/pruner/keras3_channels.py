@@ -50,6 +50,7 @@ import numpy as np
 from tfx_compression.components.common import progress
 from tfx_compression.components.pruner import channel_choice as choice
 from tfx_compression.components.pruner import keras3_magnitude
+from tfx_compression.components.pruner import distillation
 from tfx_compression.components.pruner import schedules
 from tfx_compression.components.pruner.channel_choice import select_channels  # noqa: F401
 from tfx_compression.components.pruner.channel_graph import ChannelGraph
@@ -662,7 +663,8 @@ def _fit(model, ds, steps: int, learning_rate: float, loss, parameter: str,
     # Cosine to zero, as keras2_channels: the narrow model ends settled.
     learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate,
                                                            steps)
-  model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
+  model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
+                metrics=distillation.train_metrics(loss))
   if steps <= 0:
     return
   if ds is None:

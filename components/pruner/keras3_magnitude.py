@@ -65,6 +65,7 @@ import numpy as np
 from tfx_compression.components.common import model_stats
 from tfx_compression.components.common import progress
 from tfx_compression.components.pruner import config as config_lib
+from tfx_compression.components.pruner import distillation
 from tfx_compression.components.pruner import schedules
 # The result and errors every backend shares; one M:N check for all.
 from tfx_compression.components.pruner.m_by_n import m_by_n_violations  # noqa: F401
@@ -633,7 +634,8 @@ def prune_to(model, train_ds, *, target_sparsity: float, steps: int, loss,
                    "%d..%d every %d, %d steps in all.", list(layers),
                    target_sparsity, schedule, begin, end, freq, steps)
     masking = _Masking(_layer_variables(plain, layers), sched, m_by_n)
-    plain.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
+    plain.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
+                  metrics=distillation.train_metrics(loss))
     # Several epochs only serve the TensorBoard logs.
     epoch = steps_per_epoch or (
         schedules.epoch_length(steps) if log_dir else steps)

@@ -28,6 +28,7 @@ import tensorflow as tf
 from tfx_compression.components.common import keras_env
 from tfx_compression.components.common import model_stats
 from tfx_compression.components.pruner import config as config_lib
+from tfx_compression.components.pruner import distillation
 from tfx_compression.components.pruner import search as search_lib
 from tfx_compression.components.pruner import strategy as strategy_lib
 # The result and the errors, where callers have always found them.
@@ -102,10 +103,19 @@ def prune_model(model, train_ds: tf.data.Dataset,
     baseline_gzip = model_stats.weights_gzip_bytes(plain.get_weights())
   _log_eval(log_dir, "baseline", baseline, 0)
 
-  run = strategy_lib.Run(loss=loss, layers=layers, steps=steps,
+  train_loss = loss
+  if config.distills:
+    with backend.deterministic(config.seed):
+      teacher = backend.clone_model(model)  # Frozen; the pruning never sees it.
+    train_loss, train_ds = distillation.for_model(
+        model, teacher, loss, train_ds, weight=config.distillation_weight,
+        temperature=config.distillation_temperature)
+  run = strategy_lib.Run(loss=train_loss, layers=layers, steps=steps,
                          eval_ds=eval_ds, log_dir=log_dir,
                          train_examples=train_examples)
   result = strategy_lib.for_config(config).prune(plain, train_ds, config, run)
+  if config.distills:
+    result.model.compile(loss=loss)  # Saved and re-pruned with its own loss.
   result.stats["baseline_gzip_weight_bytes"] = baseline_gzip
   with backend.deterministic(config.seed):
     result.metrics = backend.evaluate(result.model, eval_ds, loss) if eval_ds else {}

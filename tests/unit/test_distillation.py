@@ -1,0 +1,167 @@
+"""Distillation in the Pruner's fine-tuning (distillation.py, #20), on tiny models.
+
+Weight 0 is today's fine-tuning bit for bit; a positive weight changes the
+training (the loss has a KL term towards the frozen input model) and still
+reaches the target sparsity, on tf_keras (tfmot) and Keras 3.
+"""
+
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+from tests.fixtures import assert_same_weights
+from tests.fixtures import tiny_data
+from tests.fixtures import tiny_model
+from tfx_compression.components.pruner import distillation
+from tfx_compression.components.pruner import pruning
+from tfx_compression.components.pruner.config import PrunerConfig
+
+STEPS = 30
+
+
+def _config(**kw):
+  kw.setdefault("target_sparsity", 0.8)
+  return PrunerConfig(train_steps=STEPS, **kw)
+
+
+# The config.
+
+
+@pytest.mark.parametrize("name, value, allowed", [
+    ("distillation_weight", -0.1, "outside [0, 1]"),
+    ("distillation_weight", 1.5, "outside [0, 1]"),
+    ("distillation_temperature", 0.0, "outside (0, 100]"),
+    ("distillation_temperature", 500.0, "outside (0, 100]"),
+])
+def test_config_rejects_out_of_range(name, value, allowed):
+  with pytest.raises(ValueError,
+                     match=re.escape(f"`{name}`={value!r} is {allowed}")):
+    _config(**{name: value})
+
+
+def test_config_rejects_a_string_weight():
+  with pytest.raises(TypeError, match=r"`distillation_weight` must be a number"):
+    _config(distillation_weight="0.5")
+
+
+def test_config_refuses_distillation_in_the_search():
+  with pytest.raises(ValueError, match=r"not available with the pruning search"):
+    _config(distillation_weight=0.5, search_sparsities="0.5,0.7",
+            max_drop=0.01)
+
+
+def test_config_defaults_are_off():
+  config = _config()
+  assert config.distillation_weight == 0.0
+  assert not config.distills
+  assert _config(distillation_weight=0.3).distills
+
+
+# The loss.
+
+
+def test_kl_is_zero_for_equal_outputs_and_positive_otherwise():
+  logits = tf.constant([[1.0, 2.0, -1.0], [0.5, 0.0, 3.0]])
+  same = distillation.kl_divergence(logits, logits, logits=True, temperature=2.0)
+  other = distillation.kl_divergence(logits, logits[::-1], logits=True,
+                                     temperature=2.0)
+  assert abs(float(same)) < 1e-6
+  assert float(other) > 0.01
+
+
+def test_kl_of_probabilities_equals_kl_of_their_logits():
+  teacher = tf.constant([[1.0, 2.0, -1.0], [0.5, 0.0, 3.0]])
+  student = tf.constant([[0.0, 1.0, 1.0], [2.0, -1.0, 0.0]])
+  for temperature in (1.0, 3.0):
+    from_logits = distillation.kl_divergence(teacher, student, logits=True,
+                                             temperature=temperature)
+    from_probs = distillation.kl_divergence(
+        tf.nn.softmax(teacher), tf.nn.softmax(student), logits=False,
+        temperature=temperature)
+    np.testing.assert_allclose(float(from_probs), float(from_logits), rtol=1e-4)
+
+
+def test_kl_of_one_sigmoid_unit_is_the_binary_kl():
+  t, s = tf.constant([[0.8]]), tf.constant([[0.3]])
+  got = distillation.kl_divergence(t, s, logits=False, temperature=1.0)
+  want = 0.8 * np.log(0.8 / 0.3) + 0.2 * np.log(0.2 / 0.7)
+  np.testing.assert_allclose(float(got), want, rtol=1e-4)
+
+
+def test_loss_mixes_task_and_kl_and_leaves_evaluation_batches_alone():
+  task = keras.losses.SparseCategoricalCrossentropy()
+  spec = tf.TensorSpec([None], tf.int64)
+  labels = tf.constant([0, 2], tf.int64)
+  student = tf.constant([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+  teacher = tf.constant([[0.5, 0.4, 0.1], [0.2, 0.2, 0.6]])
+  loss = distillation.distillation_loss(task, from_logits=False, weight=0.25,
+                                        temperature=2.0, label_spec=spec)
+  packed = distillation._pack(labels, teacher, 1)  # pylint: disable=protected-access
+  kl = distillation.kl_divergence(teacher, student, logits=False,
+                                  temperature=2.0)
+  want = 0.75 * float(task(labels, student)) + 0.25 * 4.0 * float(kl)
+  np.testing.assert_allclose(float(loss(packed, student)), want, rtol=1e-5)
+  np.testing.assert_allclose(float(loss(labels, student)),
+                             float(task(labels, student)), rtol=1e-6)
+
+
+def test_from_logits_follows_the_loss_then_the_output():
+  assert distillation.from_logits(
+      keras.losses.SparseCategoricalCrossentropy(from_logits=True), "softmax")
+  assert not distillation.from_logits(
+      keras.losses.SparseCategoricalCrossentropy(), None)
+  assert not distillation.from_logits("sparse_categorical_crossentropy",
+                                      "softmax")
+  assert distillation.from_logits("sparse_categorical_crossentropy", "linear")
+
+
+# Pruning with it: tf_keras (tfmot) and Keras 3.
+
+
+def _prune(model, **kw):
+  return pruning.prune_model(model, tiny_data(), _config(**kw),
+                             eval_ds=tiny_data(seed=5))
+
+
+@pytest.mark.parametrize("keras_module", ["tf_keras", "keras3"])
+def test_weight_zero_is_todays_fine_tuning_bit_for_bit(keras_module):
+  module = keras if keras_module == "keras3" else None
+  make = (lambda: tiny_model(keras_module=module)) if module else tiny_model
+  plain = _prune(make())
+  zero = _prune(make(), distillation_weight=0.0, distillation_temperature=4.0)
+  assert_same_weights(plain.model.get_weights(), zero.model.get_weights())
+  assert plain.metrics == zero.metrics
+
+
+@pytest.mark.parametrize("keras_module", ["tf_keras", "keras3"])
+def test_positive_weight_changes_training_and_reaches_the_sparsity(keras_module):
+  module = keras if keras_module == "keras3" else None
+  make = (lambda: tiny_model(keras_module=module)) if module else tiny_model
+  model = make()
+  before = model.get_weights()
+  plain = _prune(model)
+  distilled = _prune(model, distillation_weight=0.7)
+  different = [not np.array_equal(a, b) for a, b in
+               zip(plain.model.get_weights(), distilled.model.get_weights())]
+  assert any(different)
+  assert abs(distilled.stats["sparsity"] - 0.8) <= 0.01
+  assert np.isfinite(distilled.metrics["loss"])
+  # The teacher was a copy: the input model is untouched, and the result keeps
+  # its own loss (not the distillation closure) for saving.
+  assert_same_weights(before, model.get_weights())
+  assert getattr(distilled.model.loss, "__name__", "") != "distillation_loss"
+
+
+def test_channels_with_distillation_on_tf_keras():
+  model = tiny_model()
+  result = pruning.prune_model(
+      model, tiny_data(),
+      PrunerConfig(sparsity_structure="channels", target_sparsity=0.5,
+                   train_steps=20, finetune_steps=10, exclude_layers="out",
+                   distillation_weight=0.5),
+      eval_ds=tiny_data(seed=5))
+  assert result.model.get_layer("d1").units < 32
+  assert np.isfinite(result.metrics["loss"])
