@@ -536,6 +536,15 @@ TABLE = (
     Row("kubeflow-runner-output-not-json", KUBEFLOW_RUNNER,
         "`--output spec.yaml`", DEFINITION, EXIT_2, "--output", "spec.yaml",
         "must end with .json", argv=("--output", "spec.yaml")),
+    # --- Pruner distillation (#20), when the pipeline is defined ------------
+    Row("pruner-distillation-weight-out-of-range", PRUNER,
+        "`distillation_weight=1.5`", DEFINITION, ValueError,
+        "`distillation_weight`", "1.5", "0 to turn distillation off",
+        params=dict(distillation_weight=1.5)),
+    Row("pruner-distillation-temperature-zero", PRUNER,
+        "`distillation_temperature=0`", DEFINITION, ValueError,
+        "`distillation_temperature`", "0.0", "Use e.g. 2.0",
+        params=dict(distillation_temperature=0.0)),
 )
 
 

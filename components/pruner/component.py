@@ -49,9 +49,12 @@ METRIC_KEY = "metric"
 MAX_DROP_KEY = "max_drop"
 MAX_RELATIVE_DROP_KEY = "max_relative_drop"
 MIN_VALUE_KEY = "min_value"
+DISTILLATION_WEIGHT_KEY = "distillation_weight"
+DISTILLATION_TEMPERATURE_KEY = "distillation_temperature"
 
 _FLOAT = (TARGET_SPARSITY_KEY, INITIAL_SPARSITY_KEY, LEARNING_RATE_KEY,
-          MAX_DROP_KEY, MAX_RELATIVE_DROP_KEY, MIN_VALUE_KEY)
+          MAX_DROP_KEY, MAX_RELATIVE_DROP_KEY, MIN_VALUE_KEY,
+          DISTILLATION_WEIGHT_KEY, DISTILLATION_TEMPERATURE_KEY)
 _INT = (BEGIN_STEP_KEY, END_STEP_KEY, FREQUENCY_KEY, FINETUNE_STEPS_KEY,
         TRAIN_STEPS_KEY, EPOCHS_KEY, BATCH_SIZE_KEY, SEED_KEY, SEARCH_STEPS_KEY)
 _STR = (LABEL_KEY_KEY, SCHEDULE_KEY, SPARSITY_STRUCTURE_KEY, INCLUDE_LAYERS_KEY,
@@ -144,7 +147,9 @@ class Pruner(base_component.BaseComponent):
       metric: str = "accuracy",
       max_drop: Optional[Number] = None,
       max_relative_drop: Optional[Number] = None,
-      min_value: Optional[Number] = None):
+      min_value: Optional[Number] = None,
+      distillation_weight: Number = 0.0,
+      distillation_temperature: Number = 2.0):
     """Checks the parameters (fails now, not at run time) and wires channels.
 
     Args:
@@ -166,6 +171,9 @@ class Pruner(base_component.BaseComponent):
         notch).
       metric, max_drop, max_relative_drop, min_value: the gate each search
         step must pass, with the CompressionEvaluator's rules.
+      distillation_weight, distillation_temperature: fine-tune towards the
+        input model's outputs too (w in [0, 1], 0 = off; temperature T > 0);
+        see components/pruner/distillation.py. Not with the search yet.
     """
     params = {
         LABEL_KEY_KEY: label_key,
@@ -195,6 +203,8 @@ class Pruner(base_component.BaseComponent):
         MAX_DROP_KEY: max_drop,
         MAX_RELATIVE_DROP_KEY: max_relative_drop,
         MIN_VALUE_KEY: min_value,
+        DISTILLATION_WEIGHT_KEY: distillation_weight,
+        DISTILLATION_TEMPERATURE_KEY: distillation_temperature,
     }
     # Ints are valid floats: TFX checks the declared type strictly.
     for key in _FLOAT:

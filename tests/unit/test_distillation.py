@@ -165,3 +165,26 @@ def test_channels_with_distillation_on_tf_keras():
       eval_ds=tiny_data(seed=5))
   assert result.model.get_layer("d1").units < 32
   assert np.isfinite(result.metrics["loss"])
+
+
+# The component.
+
+
+def test_pruner_component_passes_the_parameters_on():
+  from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
+  from tfx.types import standard_artifacts  # pylint: disable=g-import-not-at-top
+  from tfx_compression.components.pruner.component import Pruner  # pylint: disable=g-import-not-at-top
+  channel = lambda t: tfx.dsl.Channel(type=t)
+  pruner = Pruner(model=channel(standard_artifacts.Model),
+                  examples=channel(standard_artifacts.Examples),
+                  schema=channel(standard_artifacts.Schema), label_key="label",
+                  distillation_weight=1, distillation_temperature=3)
+  props = pruner.exec_properties
+  assert props["distillation_weight"] == 1.0
+  assert props["distillation_temperature"] == 3.0
+  assert PrunerConfig.from_parameters(props).distills
+  with pytest.raises(ValueError, match=r"`distillation_weight`=2.0 is outside"):
+    Pruner(model=channel(standard_artifacts.Model),
+           examples=channel(standard_artifacts.Examples),
+           schema=channel(standard_artifacts.Schema), label_key="label",
+           distillation_weight=2)
