@@ -31,7 +31,7 @@ import numpy as np
 
 from tfx_compression.components.common import model_stats
 from tfx_compression.components.common import tflite_runtime
-from tfx_compression.components.quantizer import packing
+from tfx_compression.components.common import tflite_packing
 
 FEATURE_KEYS = [f"pixel_{i:02d}" for i in range(64)]
 LABEL_KEY = "label"
@@ -135,7 +135,7 @@ class TFLiteModel:
   def set_example(self, data: EvalData, i: int) -> None:
     for name, d in self.inputs.items():
       if self.packed is not None:
-        value = packing.pack({n: data.features[n][i:i + 1]
+        value = tflite_packing.pack({n: data.features[n][i:i + 1]
                               for n in self.packed["features"]}, self.packed)
       else:
         value = data.features[name][i:i + 1]

@@ -22,7 +22,8 @@ from tfx_compression.components.common import features as features_lib
 from tfx_compression.components.common import metrics as metrics_lib
 from tfx_compression.components.common import model_io
 from tfx_compression.components.common import tflite_runtime
-from tfx_compression.components.quantizer import packing
+from tfx_compression.components.common import tflite_convert
+from tfx_compression.components.common import tflite_packing
 
 # The models or the data cannot be compared; no blessing is written. One class
 # with the shared metrics' error, so callers catch either name.
@@ -304,7 +305,7 @@ class TFLitePredictor:
     """Sets one example's inputs (each value has a leading batch of 1)."""
     if self.packed:
       d = self.inputs[self.packed["input"]]
-      value = packing.pack(row, self.packed)
+      value = tflite_packing.pack(row, self.packed)
       self.interpreter.set_tensor(
           d["index"], _quantize(value.reshape(tuple(d["shape"])), d))
       return
@@ -365,12 +366,10 @@ def keras_to_float_tflite(model) -> bytes:
       flatbuffer = keras_to_float_tflite(model)
       tf.lite.Interpreter(model_content=flatbuffer)
   """
-  from tfx_compression.components.quantizer import quantization  # pylint: disable=g-import-not-at-top
-  return quantization.convert(model, "float")
+  return tflite_convert.convert(model, "float")
 
 
 def tflite_sparsity(content: bytes) -> float:
   """Share of zeros in a TFLite model's Conv/FullyConnected weights (the
   Quantizer's measure: zero-point aware, through DEQUANTIZE ops)."""
-  from tfx_compression.components.quantizer import quantization  # pylint: disable=g-import-not-at-top
-  return quantization.tflite_weight_sparsity(content)["sparsity"]
+  return tflite_convert.tflite_weight_sparsity(content)["sparsity"]

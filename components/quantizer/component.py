@@ -126,8 +126,8 @@ class Quantizer(base_component.BaseComponent):
       seed: seeds sampling and fine-tuning.
       allow_select_ops: 1 allows TensorFlow select ops for non-builtin ops.
       pack_inputs: 1 gives the TFLite model one packed [1, width] input in
-        place of one input per feature (see packing.py); the order is in
-        tflite_io.json.
+        place of one input per feature (see common/tflite_packing.py); the
+        order is in tflite_io.json.
       train_split: the split for calibration and fine-tuning.
       module_file: a Python file defining ``custom_objects`` for custom layers.
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfx_compression.components.quantizer import packing
+from tfx_compression.components.common import tflite_packing
 from tfx_compression.components.quantizer import quantization
 from tfx_compression.components.quantizer.config import QuantizerConfig
 
@@ -49,7 +49,7 @@ def run_tflite(flatbuffer, io, feats):
   n = len(next(iter(feats.values())))
   for r in range(n):
     if io.get("packed"):
-      row = {packing.PACKED_INPUT: packing.pack(
+      row = {tflite_packing.PACKED_INPUT: tflite_packing.pack(
           {k: v[r:r + 1] for k, v in feats.items()}, io["packed"])}
     else:
       row = {k: v[r:r + 1] for k, v in feats.items()}
@@ -95,7 +95,7 @@ def test_keras3_modes_agree_with_the_keras_model(trained, mode, io_type, pack):
   assert result.io["inputs"][0]["dtype"] == ("float32" if mode != "int8" else
                                              io_type)
   if pack:
-    assert [i["name"] for i in result.io["inputs"]] == [packing.PACKED_INPUT]
+    assert [i["name"] for i in result.io["inputs"]] == [tflite_packing.PACKED_INPUT]
     assert result.io["packed"]["features"] == list(NAMES)
   else:
     assert sorted(i["name"] for i in result.io["inputs"]) == list(NAMES)
@@ -118,10 +118,10 @@ def test_keras3_sparsity_is_measured_on_the_flatbuffer(trained):
 
 
 def test_keras3_packed_model_computes_what_the_model_computes(trained):
-  packed = packing.pack_inputs(trained)
+  packed = tflite_packing.pack_inputs(trained)
   feats, _ = data(16)
   np.testing.assert_allclose(
-      packed.model({packing.PACKED_INPUT: packed.pack(feats)}),
+      packed.model({tflite_packing.PACKED_INPUT: packed.pack(feats)}),
       trained(feats), rtol=1e-5, atol=1e-6)
 
 
@@ -129,8 +129,8 @@ def test_keras3_unpackable_model_says_why():
   inputs = {n: keras.Input(shape=(1,), name=n) for n in NAMES}
   x = keras.layers.Add()(list(inputs.values()))
   model = keras.Model(inputs, keras.layers.Dense(2)(x))
-  with pytest.raises(packing.PackingError, match="not into one Concatenate"):
-    packing.pack_inputs(model)
+  with pytest.raises(tflite_packing.PackingError, match="not into one Concatenate"):
+    tflite_packing.pack_inputs(model)
 
 
 def test_qat_on_keras3_is_refused_naming_int8(trained):

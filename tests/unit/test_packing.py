@@ -6,7 +6,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfx_compression.components.compression_evaluator import evaluation
-from tfx_compression.components.quantizer import packing
+from tfx_compression.components.common import tflite_packing
 from tfx_compression.components.quantizer import quantization
 from tfx_compression.components.quantizer.config import QuantizerConfig
 from tests.unit.test_quantization import tiny_batches
@@ -34,12 +34,12 @@ def features(n=32, seed=0):
 
 def test_packed_model_computes_what_the_model_computes():
   model = shuffled_concat_model()
-  packed = packing.pack_inputs(model)
+  packed = tflite_packing.pack_inputs(model)
   assert packed.features == ["c", "a", "b"] and packed.widths == [2, 1, 1]
   assert packed.concatenate == "join"
   feats = features()
   np.testing.assert_allclose(
-      packed.model({packing.PACKED_INPUT: packed.pack(feats)}).numpy(),
+      packed.model({tflite_packing.PACKED_INPUT: packed.pack(feats)}).numpy(),
       model(feats).numpy(), atol=1e-6)
   # The layers are shared, not copied: the packed model has the same weights.
   assert packed.model.count_params() == model.count_params()
@@ -57,7 +57,7 @@ def test_quantizer_packs_and_the_evaluator_feeds_it(mode):
   packed = quantization.quantize(
       model, QuantizerConfig(quantization=mode, num_representative_samples=32,
                              pack_inputs=1), batches, measure_float=False)
-  assert [i["name"] for i in packed.io["inputs"]] == [packing.PACKED_INPUT]
+  assert [i["name"] for i in packed.io["inputs"]] == [tflite_packing.PACKED_INPUT]
   assert packed.io["inputs"][0]["shape"] == [1, 4]
   assert packed.io["packed"]["features"] == ["c", "a", "b"]
   ops = {o["op_name"] for o in tf.lite.Interpreter(
@@ -108,13 +108,13 @@ def int_input_model():
      "single input already"),
 ])
 def test_models_that_cannot_be_packed_say_why(build, needle):
-  with pytest.raises(packing.PackingError, match=needle) as e:
-    packing.pack_inputs(build())
+  with pytest.raises(tflite_packing.PackingError, match=needle) as e:
+    tflite_packing.pack_inputs(build())
   assert "`pack_inputs`" in str(e.value) and "Leave `pack_inputs`=0" in str(e.value)
 
 
 def test_quantize_with_pack_inputs_on_an_unpackable_model_fails_clearly():
-  with pytest.raises(packing.PackingError, match="pack_inputs"):
+  with pytest.raises(tflite_packing.PackingError, match="pack_inputs"):
     quantization.quantize(two_branch_model(),
                           QuantizerConfig(quantization="dynamic", pack_inputs=1),
                           measure_float=False)

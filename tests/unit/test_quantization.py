@@ -13,6 +13,7 @@ import tf_keras as keras
 
 from tfx_compression.components.common import features
 from tfx_compression.components.common import model_stats
+from tfx_compression.components.common import tflite_convert
 from tfx_compression.components.quantizer import quantization
 from tfx_compression.components.quantizer.config import MODES
 from tfx_compression.components.quantizer.config import QuantizerConfig
@@ -197,7 +198,7 @@ class TestTinyModel:
                             empty)
 
   def test_tflite_input_is_refused(self):
-    flatbuffer = quantization.convert(tiny_model(), "float")
+    flatbuffer = tflite_convert.convert(tiny_model(), "float")
     with pytest.raises(TypeError, match="already a TFLite"):
       quantization.quantize(flatbuffer, QuantizerConfig())
 
@@ -219,14 +220,14 @@ class TestTinyModel:
     model.get_layer("hidden").set_weights([kernel, bias])
     expected = model_stats.sparsity_stats(model)["sparsity"]
     assert expected == pytest.approx(0.25)  # 12 of the 48 kernel weights
-    exact = quantization.tflite_weight_sparsity(
-        quantization.convert(model, "float"))
+    exact = tflite_convert.tflite_weight_sparsity(
+        tflite_convert.convert(model, "float"))
     assert exact["weight_count"] == model_stats.sparsity_stats(
         model)["kernel_param_count"]
     assert exact["sparsity"] == pytest.approx(expected)
     for mode in ("float16", "dynamic"):  # DEQUANTIZE-fed and int8 weights
-      got = quantization.tflite_weight_sparsity(
-          quantization.convert(model, mode))["sparsity"]
+      got = tflite_convert.tflite_weight_sparsity(
+          tflite_convert.convert(model, mode))["sparsity"]
       assert expected <= got <= expected + 0.05, mode
 
   def test_qat_leaves_the_input_alone_and_detects_logits(self):
@@ -249,8 +250,7 @@ class TestTinyModel:
         "sparse_categorical_crossentropy(from_logits=True)")
     assert np.isfinite(result.stats["qat_final_loss"])
     assert list(model.layers) == layers
-    for a, b in zip(before, model.get_weights()):
-      np.testing.assert_array_equal(a, b)
+    fixtures.assert_same_weights(before, model.get_weights())
 
 
 def matrix_inverse_model() -> keras.Model:
@@ -268,7 +268,7 @@ def matrix_inverse_model() -> keras.Model:
 class TestUnconvertible:
 
   def test_names_the_ops_and_the_option(self):
-    with pytest.raises(quantization.ConversionError) as e:
+    with pytest.raises(tflite_convert.ConversionError) as e:
       quantization.quantize(matrix_inverse_model(),
                             QuantizerConfig(quantization="dynamic"))
     msg = str(e.value)
@@ -305,7 +305,7 @@ def digits_data(examples_artifact, trained_model):
   labels = np.concatenate(labels)
   keras_accuracy = float(np.mean(
       np.argmax(trained_model.predict(feats, verbose=0), -1) == labels))
-  float_bytes = len(quantization.convert(trained_model, "float"))
+  float_bytes = len(tflite_convert.convert(trained_model, "float"))
   return {"features": feats, "labels": labels,
           "keras_accuracy": keras_accuracy, "float_bytes": float_bytes,
           "train": [os.path.join(examples_artifact.uri, "Split-train", "*")]}

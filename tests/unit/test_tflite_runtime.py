@@ -13,7 +13,7 @@ import tf_keras as keras
 
 from tfx_compression.components.common import tflite_runtime
 from tfx_compression.components.compression_evaluator import evaluation
-from tfx_compression.components.quantizer import quantization
+from tfx_compression.components.common import tflite_convert
 
 FEATURES = ["a", "b", "c"]
 
@@ -43,8 +43,8 @@ def flatbuffers():
   rng = np.random.RandomState(0)
   samples = [{n: rng.rand(1, 1).astype(np.float32) for n in FEATURES}
              for _ in range(20)]
-  return {"float": quantization.convert(model, "float"),
-          "int8": quantization.convert(model, "int8", samples=samples)}
+  return {"float": tflite_convert.convert(model, "float"),
+          "int8": tflite_convert.convert(model, "int8", samples=samples)}
 
 
 def features(n=25):
@@ -60,7 +60,7 @@ def predict(content):
 def test_same_predictions_and_io_without_litert(flatbuffers, mode, monkeypatch):
   default_name = tflite_runtime.runtime_name()
   default = predict(flatbuffers[mode])
-  default_io = quantization.describe_tflite(flatbuffers[mode])
+  default_io = tflite_convert.describe_tflite(flatbuffers[mode])
 
   hide_litert(monkeypatch)
   assert tflite_runtime.runtime_name().startswith("tf.lite ")
@@ -69,7 +69,7 @@ def test_same_predictions_and_io_without_litert(flatbuffers, mode, monkeypatch):
   # Two builds of the same kernels: equal classes, float sums to rounding.
   np.testing.assert_allclose(fallback, default, rtol=0, atol=1e-5)
   np.testing.assert_array_equal(fallback.argmax(1), default.argmax(1))
-  assert quantization.describe_tflite(flatbuffers[mode]) == default_io
+  assert tflite_convert.describe_tflite(flatbuffers[mode]) == default_io
   assert default_name.split()[0] in (tflite_runtime.LITERT,
                                      tflite_runtime.TF_LITE)
 
@@ -104,7 +104,7 @@ def test_litert_is_preferred_when_installed(flatbuffers, monkeypatch):
 
   assert tflite_runtime.runtime_name().startswith("ai_edge_litert ")
   predict(flatbuffers["float"])
-  quantization.describe_tflite(flatbuffers["int8"])
+  tflite_convert.describe_tflite(flatbuffers["int8"])
   assert built == [["model_content", "num_threads"], ["model_content"]]
 
 
