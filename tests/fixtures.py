@@ -14,6 +14,8 @@ from tfx.utils import io_utils
 
 from tfx_compression.pipelines import digits_data
 from tfx_compression.pipelines.trainers import digits_trainer
+# Numpy-only, so Keras 3 tests import it from tests.assertions directly.
+from tests.assertions import assert_same_weights  # noqa: F401  pylint: disable=unused-import
 
 FEATURES = digits_data.FEATURE_KEYS
 LABEL = digits_data.LABEL_KEY
@@ -127,13 +129,3 @@ def tiny_data(seed: int = 0, n: int = 256, nan: bool = False) -> tf.data.Dataset
     x[:] = np.nan
   return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
       n, seed=seed).batch(32)
-
-
-def assert_same_weights(want, got) -> None:
-  """Two weight lists (``model.get_weights()``) are equal, array by array.
-
-  The lengths are compared first: ``zip`` alone would pass on a shorter list.
-  """
-  assert len(want) == len(got), (len(want), len(got))
-  for i, (a, b) in enumerate(zip(want, got)):
-    np.testing.assert_array_equal(a, b, err_msg=f"weight {i}")

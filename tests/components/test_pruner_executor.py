@@ -317,6 +317,7 @@ def test_search_emits_the_chosen_step_with_its_curve(tmp_path, model_artifact,
                                                      examples_artifact,
                                                      schema_artifact):
   from tfx_compression.components.common import side_files
+  from tfx_compression.components.pruner import search
   out, run = _run(tmp_path, model_artifact, examples_artifact, schema_artifact,
                   search_sparsities="0.5,0.7,0.95", search_steps=30,
                   max_drop=0.03)

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from tfx import v1 as tfx
 
+from tfx_compression.components.common import features
 from tfx_compression.components.common import model_io
+from tfx_compression.components.pruner import search
 from tfx_compression.pipelines import digits_data, pipeline as pipeline_lib, summary
 
 pytestmark = pytest.mark.e2e
@@ -46,8 +48,8 @@ def pushed_files(serving):
   return [os.path.join(r, f) for r, _, fs in os.walk(serving) for f in fs]
 
 
-# Each variant: component kwargs, and whether the run fails (an executor raises)
-# or completes with NOT_BLESSED.
+# Each variant: component kwargs, and either "not_blessed" (the run completes
+# with NOT_BLESSED) or the (exception, message) the failing executor raises.
 LEAK_VARIANTS = {
     "accuracy floor cannot be met": (dict(min_value=1.01), "not_blessed"),
     "compression ratio cannot be met": (dict(min_compression_ratio=1000.0),
@@ -55,13 +57,17 @@ LEAK_VARIANTS = {
     "latency ratio cannot be met": (
         dict(evaluator_kwargs=dict(max_latency_ratio=0.001)), "not_blessed"),
     "evaluator error (no such eval split)": (
-        dict(evaluator_kwargs=dict(eval_split="holdout")), "error"),
+        dict(evaluator_kwargs=dict(eval_split="holdout")),
+        (ValueError, r"`eval_split` names split 'holdout'.*Use one of those")),
     "pruner fails (label misspelled)": (
-        dict(pruner_kwargs=dict(label_key="lable")), "error"),
+        dict(pruner_kwargs=dict(label_key="lable")),
+        (features.DataError, r"`label_key`.*'lable'.*Set `label_key`")),
     "quantizer fails (no such train split)": (
-        dict(quantizer_kwargs=dict(train_split="training")), "error"),
+        dict(quantizer_kwargs=dict(train_split="training")),
+        (ValueError, r"`train_split` names split 'training'.*Use one of those")),
     "pruner search: even the first step fails": (
-        dict(search_sparsities="0.5,0.7", min_value=1.01), "error"),
+        dict(search_sparsities="0.5,0.7", min_value=1.01),
+        (search.SearchError, r"The pruning search's first step already fails")),
 }
 
 
@@ -70,9 +76,11 @@ def test_the_gate_never_leaks(workdir, variant):
   kwargs, outcome = LEAK_VARIANTS[variant]
   serving = workdir / ("serving_" + variant.split()[0] + str(abs(hash(variant)) % 997))
   pipe = make(workdir, serving, **kwargs)
-  if outcome == "error":
-    with pytest.raises(Exception):
+  if outcome != "not_blessed":
+    error, message = outcome
+    with pytest.raises(error, match=message) as raised:
       tfx.orchestration.LocalDagRunner().run(pipe)
+    assert type(raised.value) is error  # not a subclass raised by another bug
   else:
     tfx.orchestration.LocalDagRunner().run(pipe)
     info = summary.collect(str(workdir / "metadata.sqlite"), NAME, str(serving))

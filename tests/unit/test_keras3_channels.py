@@ -12,6 +12,7 @@ import keras
 
 from tfx_compression.components.pruner import keras3_channels as kc
 from tfx_compression.components.pruner.channel_graph import ChannelPruningError
+from tests.assertions import assert_same_weights
 
 FEATURES = [f"pixel_{i:02d}" for i in range(64)]
 
@@ -188,11 +189,9 @@ def test_prune_channels_end_to_end_deterministic_and_saved(tmp_path):
     runs.append(kc.prune_channels(
         model, _data(), target_sparsity=0.5, train_steps=12, finetune_steps=6,
         frequency=3, loss=LOSS, seed=4, eval_ds=_data(1)))
-    for a, b in zip(before, model.get_weights()):  # The input is untouched.
-      np.testing.assert_array_equal(a, b)
+    assert_same_weights(before, model.get_weights())  # The input is untouched.
   result = runs[0]
-  for a, b in zip(result.model.get_weights(), runs[1].model.get_weights()):
-    np.testing.assert_array_equal(a, b)
+  assert_same_weights(result.model.get_weights(), runs[1].model.get_weights())
   # Not vacuous: the fine-tuning moved the kept weights.
   start = kc.rebuild_narrow(kc.analyze(residual_model()), {})
   assert not np.allclose(start.get_layer("logits").get_weights()[1],

@@ -12,6 +12,7 @@ import keras
 
 from tfx_compression.components.pruner import keras3_magnitude as km
 from tfx_compression.components.pruner.config import PrunerConfig
+from tests.assertions import assert_same_weights
 
 STEPS = 40
 LOSS = keras.losses.SparseCategoricalCrossentropy()
@@ -181,8 +182,7 @@ def test_unstructured_reaches_target_and_leaves_input_alone():
   assert_kernel_sparsity(pruned, ["d1", "d2"], 0.75)
   # Not selected: untouched by the mask.
   assert (keras.ops.convert_to_numpy(pruned.get_layer("out").kernel) != 0).all()
-  for a, b in zip(before, model.get_weights()):
-    np.testing.assert_array_equal(a, b)
+  assert_same_weights(before, model.get_weights())
   assert [l.name for l in pruned.layers] == [l.name for l in model.layers]
   assert len(pruned.weights) == len(model.weights)  # No mask variables.
 
@@ -216,8 +216,7 @@ def test_m_by_n_check_can_fail():
 def test_same_seed_same_weights_and_masks():
   runs = [km.prune_to(tiny_model(), tiny_data(), target_sparsity=0.6,
                       steps=STEPS, loss=LOSS, seed=3) for _ in range(2)]
-  for a, b in zip(runs[0].get_weights(), runs[1].get_weights()):
-    np.testing.assert_array_equal(a, b)
+  assert_same_weights(runs[0].get_weights(), runs[1].get_weights())
   # Not vacuous: the runs trained (the surviving weights moved).
   start = keras.ops.convert_to_numpy(tiny_model().get_layer("d1").kernel)
   end = keras.ops.convert_to_numpy(runs[0].get_layer("d1").kernel)
@@ -329,8 +328,7 @@ def test_prune_model_result_and_saved_file(tmp_path):
   result.model.save(path)
   loaded = keras.saving.load_model(path)
   assert [w.path for w in loaded.weights] == [w.path for w in model.weights]
-  for a, b in zip(loaded.get_weights(), result.model.get_weights()):
-    np.testing.assert_array_equal(a, b)
+  assert_same_weights(loaded.get_weights(), result.model.get_weights())
   assert km.pruning_stats(loaded, result.pruned_layers)["sparsity"] == (
       result.stats["sparsity"])
   x = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32)
@@ -401,6 +399,7 @@ def test_same_zeros_and_weights_as_the_tfmot_backend(kwargs):
       theirs, data_a, loss=tf_keras.losses.SparseCategoricalCrossentropy(),
       **common)
   b = km.prune_to(ours, data_b, loss=LOSS, **common)
+  assert len(a.get_weights()) == len(b.get_weights())
   for x, y in zip(a.get_weights(), b.get_weights()):
     np.testing.assert_array_equal(x == 0, y == 0)
     np.testing.assert_allclose(x, y, atol=1e-5)
