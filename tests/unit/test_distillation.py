@@ -155,8 +155,10 @@ def test_positive_weight_changes_training_and_reaches_the_sparsity(keras_module)
   assert getattr(distilled.model.loss, "__name__", "") != "distillation_loss"
 
 
-def test_channels_with_distillation_on_tf_keras():
-  model = tiny_model()
+@pytest.mark.parametrize("keras_module", ["tf_keras", "keras3"])
+def test_channels_with_distillation(keras_module):
+  model = (tiny_model(keras_module=keras) if keras_module == "keras3"
+           else tiny_model())
   result = pruning.prune_model(
       model, tiny_data(),
       PrunerConfig(sparsity_structure="channels", target_sparsity=0.5,
