@@ -109,41 +109,11 @@ def pack_inputs(model) -> PackedModel:
           f"`pack_inputs`=1: input {n!r} is {t.dtype.name} with shape "
           f"{t.shape.as_list()}; only float [batch, width] inputs can be packed."
           + _why(model))
-  if len(dtypes) != 1:
-    raise PackingError(f"`pack_inputs`=1: the inputs mix dtypes {sorted(dtypes)}."
-                       + _why(model))
-
-  consumers: Dict[int, List[Any]] = {id(t): [] for t in inputs}
-  for depth in model._nodes_by_depth.values():  # pylint: disable=protected-access
-    for node in depth:
-      if node.is_input:
-        continue
-      for t in node.keras_inputs:
-        if id(t) in consumers:
-          consumers[id(t)].append(node)
-  for t in inputs:
-    if len(consumers[id(t)]) != 1:
-      raise PackingError(
-          f"`pack_inputs`=1: input {name_of[id(t)]!r} feeds "
-          f"{len(consumers[id(t)])} layers; each input must go into the one "
-          "Concatenate only." + _why(model))
-  nodes = {id(consumers[id(t)][0]): consumers[id(t)][0] for t in inputs}
-  node = next(iter(nodes.values()))
-  layer = node.layer
-  axis = getattr(layer, "axis", None)
-  if (len(nodes) != 1 or not isinstance(layer, tf_keras.layers.Concatenate)
-      or axis not in (-1, 1)):
-    used = sorted({n.layer.name for n in nodes.values()})
-    raise PackingError(
-        f"`pack_inputs`=1: the inputs go into {used}, not into one Concatenate "
-        "on the last axis, so they cannot be replaced by one packed tensor."
-        + _why(model))
-  joined = list(node.keras_inputs)
-  if len(joined) != len(inputs) or len({id(t) for t in joined}) != len(joined):
-    raise PackingError(
-        f"`pack_inputs`=1: Concatenate {layer.name!r} joins "
-        f"{len(joined)} tensors, not exactly the model's {len(inputs)} inputs."
-        + _why(model))
+  node, layer, joined = _the_concatenate(
+      model, inputs, name_of, dtypes,
+      model._nodes_by_depth,  # pylint: disable=protected-access
+      lambda n: n.keras_inputs, lambda n: n.layer,
+      tf_keras.layers.Concatenate)
 
   width = sum(int(t.shape[-1]) for t in joined)
   packed = tf_keras.Input((width,), name=PACKED_INPUT, dtype=joined[0].dtype)
@@ -161,6 +131,54 @@ def pack_inputs(model) -> PackedModel:
   return PackedModel(model=result, features=[name_of[id(t)] for t in joined],
                      widths=[int(t.shape[-1]) for t in joined],
                      dtype=joined[0].dtype.name, concatenate=layer.name)
+
+
+def _the_concatenate(model, inputs, name_of, dtypes, nodes_by_depth,
+                     node_inputs, node_layer, concatenate_class):
+  """(node, layer, joined tensors) of the one Concatenate every input feeds.
+
+  The same rules for both Kerases; ``node_inputs`` / ``node_layer`` read a
+  graph node the way that Keras names it.
+
+  Raises:
+    PackingError: mixed dtypes, an input feeding several layers, or inputs
+      that do not all go, once each, into one Concatenate on the last axis.
+  """
+  if len(dtypes) != 1:
+    raise PackingError(f"`pack_inputs`=1: the inputs mix dtypes {sorted(dtypes)}."
+                       + _why(model))
+  consumers: Dict[int, List[Any]] = {id(t): [] for t in inputs}
+  for depth in nodes_by_depth.values():
+    for node in depth:
+      if node.is_input:
+        continue
+      for t in node_inputs(node):
+        if id(t) in consumers:
+          consumers[id(t)].append(node)
+  for t in inputs:
+    if len(consumers[id(t)]) != 1:
+      raise PackingError(
+          f"`pack_inputs`=1: input {name_of[id(t)]!r} feeds "
+          f"{len(consumers[id(t)])} layers; each input must go into the one "
+          "Concatenate only." + _why(model))
+  nodes = {id(consumers[id(t)][0]): consumers[id(t)][0] for t in inputs}
+  node = next(iter(nodes.values()))
+  layer = node_layer(node)
+  axis = getattr(layer, "axis", None)
+  if (len(nodes) != 1 or not isinstance(layer, concatenate_class)
+      or axis not in (-1, 1)):
+    used = sorted({node_layer(n).name for n in nodes.values()})
+    raise PackingError(
+        f"`pack_inputs`=1: the inputs go into {used}, not into one Concatenate "
+        "on the last axis, so they cannot be replaced by one packed tensor."
+        + _why(model))
+  joined = list(node_inputs(node))
+  if len(joined) != len(inputs) or len({id(t) for t in joined}) != len(joined):
+    raise PackingError(
+        f"`pack_inputs`=1: Concatenate {layer.name!r} joins "
+        f"{len(joined)} tensors, not exactly the model's {len(inputs)} inputs."
+        + _why(model))
+  return node, layer, joined
 
 
 def _pack_inputs_keras3(model) -> PackedModel:
@@ -185,40 +203,10 @@ def _pack_inputs_keras3(model) -> PackedModel:
           f"{list(t.shape)}; only float [batch, width] inputs can be packed."
           + _why(model))
   dtypes = {str(t.dtype) for t in inputs}
-  if len(dtypes) != 1:
-    raise PackingError(f"`pack_inputs`=1: the inputs mix dtypes {sorted(dtypes)}."
-                       + _why(model))
-  consumers: Dict[int, List[Any]] = {id(t): [] for t in inputs}
-  for depth in nodes_by_depth.values():
-    for node in depth:
-      if node.is_input:
-        continue
-      for t in node.input_tensors:
-        if id(t) in consumers:
-          consumers[id(t)].append(node)
-  for t in inputs:
-    if len(consumers[id(t)]) != 1:
-      raise PackingError(
-          f"`pack_inputs`=1: input {name_of[id(t)]!r} feeds "
-          f"{len(consumers[id(t)])} layers; each input must go into the one "
-          "Concatenate only." + _why(model))
-  nodes = {id(consumers[id(t)][0]): consumers[id(t)][0] for t in inputs}
-  node = next(iter(nodes.values()))
-  layer = node.operation
-  axis = getattr(layer, "axis", None)
-  if (len(nodes) != 1 or not isinstance(layer, keras.layers.Concatenate)
-      or axis not in (-1, 1)):
-    used = sorted({n.operation.name for n in nodes.values()})
-    raise PackingError(
-        f"`pack_inputs`=1: the inputs go into {used}, not into one Concatenate "
-        "on the last axis, so they cannot be replaced by one packed tensor."
-        + _why(model))
-  joined = list(node.input_tensors)
-  if len(joined) != len(inputs) or len({id(t) for t in joined}) != len(joined):
-    raise PackingError(
-        f"`pack_inputs`=1: Concatenate {layer.name!r} joins "
-        f"{len(joined)} tensors, not exactly the model's {len(inputs)} inputs."
-        + _why(model))
+  node, layer, joined = _the_concatenate(
+      model, inputs, name_of, dtypes, nodes_by_depth,
+      lambda n: n.input_tensors, lambda n: n.operation,
+      keras.layers.Concatenate)
   width = sum(int(t.shape[-1]) for t in joined)
   dtype = str(joined[0].dtype)
   # Keras 3 builds a model from an inner tensor on: the Concatenate's output
