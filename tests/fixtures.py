@@ -120,6 +120,20 @@ def tiny_model(seed: int = 0, keras_module=keras):
   return keras_module.Model(inputs, out)
 
 
+def tiny_features_model(names=("a", "b", "c"), classes: int = 3, seed: int = 0,
+                        output_name: str = "scores") -> keras.Model:
+  """Named scalar features -> Concatenate -> Dense 8 -> softmax over ``classes``.
+
+  The shape of a Trainer model fed raw features (one input per feature).
+  """
+  keras.utils.set_random_seed(seed)
+  inputs = {n: keras.Input(shape=(1,), name=n) for n in names}
+  x = keras.layers.Concatenate()(list(inputs.values()))
+  x = keras.layers.Dense(8, activation="relu", name="hidden")(x)
+  out = keras.layers.Dense(classes, activation="softmax", name=output_name)(x)
+  return keras.Model(inputs, out)
+
+
 def tiny_data(seed: int = 0, n: int = 256, nan: bool = False) -> tf.data.Dataset:
   """(16 features, label = argmax of the first 4) batches of 32 for tiny_model."""
   rng = np.random.default_rng(seed)

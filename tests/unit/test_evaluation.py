@@ -17,6 +17,7 @@ from tfx_compression.components.compression_evaluator import config as config_li
 from tfx_compression.components.compression_evaluator import evaluation as ev
 from tfx_compression.components.compression_evaluator import latency as latency_lib
 from tfx_compression.components.compression_evaluator import predictors
+from tests import fixtures
 
 SEED = 7
 
@@ -233,12 +234,7 @@ class TestConfig:
 
 
 def _tiny_model(names=("a", "b"), classes=3, seed=0):
-  keras.utils.set_random_seed(seed)
-  inputs = {n: keras.Input(shape=(1,), name=n) for n in names}
-  x = keras.layers.Concatenate()(list(inputs.values()))
-  x = keras.layers.Dense(8, activation="relu", name="hidden")(x)
-  out = keras.layers.Dense(classes, activation="softmax", name="out")(x)
-  return keras.Model(inputs, out)
+  return fixtures.tiny_features_model(names, classes, seed, output_name="out")
 
 
 class TestModels:

@@ -24,12 +24,7 @@ from tests import fixtures
 
 def tiny_model(seed: int = 0, names=("a", "b", "c")) -> keras.Model:
   """Three named scalar features -> Dense 8 -> softmax over 3 classes."""
-  keras.utils.set_random_seed(seed)
-  inputs = {n: keras.Input(shape=(1,), name=n) for n in names}
-  x = keras.layers.Concatenate()(list(inputs.values()))
-  x = keras.layers.Dense(8, activation="relu", name="hidden")(x)
-  out = keras.layers.Dense(3, activation="softmax", name="scores")(x)
-  return keras.Model(inputs, out)
+  return fixtures.tiny_features_model(names, classes=3, seed=seed)
 
 
 def tiny_batches(n: int = 64, seed: int = 0, names=("a", "b", "c")):
