@@ -12,6 +12,7 @@ from tfx_compression.components.common import metrics as metrics_lib
 from tfx_compression.components.common import thresholds
 from tfx_compression.components.compression_evaluator import evaluation as ev
 from tfx_compression.components.compression_evaluator import report
+from tfx_compression.components.compression_evaluator import report_plots
 
 
 def make_report(candidate_acc=0.9, gate=None, search=None, nonfinite=0,
@@ -134,7 +135,7 @@ class TestHtml:
     page = report.to_html(make_report(candidate_acc=0.95, search=SEARCH))
     assert "verdict pass" in page
     assert page.count("<svg") == 2
-    svg = report.search_svg(make_report(search=SEARCH))
+    svg = report_plots.search_svg(make_report(search=SEARCH))
     assert svg.count("<circle") == len(SEARCH["steps"])
     assert "chosen 70%" in svg and "gate ≥ 0.9310" in svg
 
@@ -143,7 +144,7 @@ class TestPlot:
 
   def test_points_sit_at_their_values(self):
     r = make_report(candidate_acc=0.95)
-    svg = report.size_metric_svg(r)
+    svg = report_plots.size_metric_svg(r)
     assert "baseline" in svg and "candidate" in svg
     # The gate line: baseline - max_drop, the higher of the two floors.
     bound = r.quality_bound()
@@ -156,13 +157,13 @@ class TestPlot:
     r = make_report(gate=gate)
     assert r.quality_bound() == pytest.approx(
         r.metrics["baseline"]["crossentropy"] + 0.05)
-    assert "crossentropy ≤" in report.size_metric_svg(r)
+    assert "crossentropy ≤" in report_plots.size_metric_svg(r)
 
   def test_no_plot_without_sizes(self):
     r = make_report()
     r = dataclasses.replace(
         r, sizes=dataclasses.replace(r.sizes, candidate_bytes=None))
-    assert report.size_metric_svg(r) is None
+    assert report_plots.size_metric_svg(r) is None
     assert "<svg" not in report.to_html(r)
 
 
