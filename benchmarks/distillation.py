@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.distillation                       # 90%, seeds 0,1,2
     .venv/bin/python -m benchmarks.distillation --weights 0,0.5 --temperature 4
+    .venv/bin/python -m benchmarks.distillation --structure channels --sparsity 0.85
 
 The demo CNN (``tests/fixtures.train_digits_model``: the digits Trainer's
 architecture, trained ``--train-steps`` steps in batches of 64 on the first two
@@ -43,6 +44,8 @@ def _data(seed: int):
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--sparsity", type=float, default=0.9)
+  p.add_argument("--structure", default="unstructured",
+                 help="sparsity_structure: unstructured, channels or M:N")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--train-steps", type=int, default=600)
   p.add_argument("--weights", default="0,0.5,0.9")
@@ -56,6 +59,7 @@ def main() -> None:
       start = time.time()
       r = pruning.prune_model(model, train, PrunerConfig(
           target_sparsity=args.sparsity, seed=seed,
+          sparsity_structure=args.structure,
           distillation_weight=weight,
           distillation_temperature=args.temperature), eval_ds=evaluation)
       base, pruned = r.baseline_metrics["accuracy"], r.metrics["accuracy"]

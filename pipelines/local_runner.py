@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--search-sparsities", default=None,
                  help="comma-separated sparsities to try step by step, keeping the "
                       "sparsest that passes the gate (e.g. 0.5,0.6,0.7,0.8,0.9)")
+  p.add_argument("--distillation-weight", type=float, default=None,
+                 help="Pruner distillation_weight in [0, 1]: fine-tune towards "
+                      "the Trainer's model's outputs too (default: 0, off)")
+  p.add_argument("--distillation-temperature", type=float, default=None,
+                 help="Pruner distillation_temperature T > 0 (default: 2.0)")
   p.add_argument("--quantization", default=DEFAULTS["quantization"],
                  choices=QUANTIZATION_CHOICES,
                  help="Quantizer mode, or none to gate the pruned SavedModel "
@@ -226,6 +231,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         min_value=args.min_accuracy,
         enable_cache=not args.no_cache,
         quantizer_kwargs=_quantizer_kwargs(args),
+        pruner_kwargs={k: v for k, v in (
+            ("distillation_weight", args.distillation_weight),
+            ("distillation_temperature", args.distillation_temperature))
+                       if v is not None} or None,
         keras=args.keras,
         **paths)
   except (ValueError, TypeError) as e:

@@ -545,6 +545,10 @@ TABLE = (
         "`distillation_temperature=0`", DEFINITION, ValueError,
         "`distillation_temperature`", "0.0", "Use e.g. 2.0",
         params=dict(distillation_temperature=0.0)),
+    Row("local-runner-distillation-weight-out-of-range", LOCAL_RUNNER,
+        "`--distillation-weight 2`", DEFINITION, EXIT_2,
+        "`distillation_weight`", "2.0", "0 to turn distillation off",
+        argv=("--distillation-weight", "2")),
 )
 
 
