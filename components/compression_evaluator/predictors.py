@@ -258,7 +258,19 @@ class TFLitePredictor:
           "Re-run the step that wrote it (the Quantizer), or wire a model "
           "the TFLite converter wrote.") from e
     it = self.interpreter
-    it.allocate_tensors()
+    try:
+      it.allocate_tensors()
+    except RuntimeError as e:
+      if "Select TensorFlow op" not in str(e):
+        raise
+      # TF >= 2.20's tf.lite and LiteRT's Python wheels ship without the
+      # Flex delegate: a model converted with allow_select_ops=1 cannot run.
+      raise EvaluationError(
+          f"`{role}_model` at {path} uses TensorFlow select (Flex) ops, which "
+          f"this machine's TFLite runtime ({tflite_runtime.runtime_name()}) "
+          "cannot run, so it cannot be measured here. Evaluate it where the "
+          "runtime links the Flex delegate (TensorFlow < 2.20's tf.lite does), "
+          "or re-quantize without `allow_select_ops`.") from e
     main_inputs = {d["index"] for d in it.get_input_details()}
     inputs = outputs = None
     sigs = it.get_signature_list()
