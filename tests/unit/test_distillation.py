@@ -127,10 +127,16 @@ def _prune(model, **kw):
 
 
 @pytest.mark.parametrize("keras_module", ["tf_keras", "keras3"])
-def test_weight_zero_is_todays_fine_tuning_bit_for_bit(keras_module):
+def test_weight_zero_is_todays_fine_tuning_bit_for_bit(keras_module,
+                                                      monkeypatch):
   module = keras if keras_module == "keras3" else None
   make = (lambda: tiny_model(keras_module=module)) if module else tiny_model
   plain = _prune(make())
+
+  def no_teacher(*args, **kwargs):
+    raise AssertionError("weight 0 built a teacher")
+  # Off means off: no teacher copy, no extra forward pass per batch.
+  monkeypatch.setattr(distillation, "for_model", no_teacher)
   zero = _prune(make(), distillation_weight=0.0, distillation_temperature=4.0)
   assert_same_weights(plain.model.get_weights(), zero.model.get_weights())
   assert plain.metrics == zero.metrics
