@@ -373,3 +373,16 @@ def test_scratch_lives_inside_the_output_artifact(tmp_path, model_artifact,
   assert seen["log_dir"].startswith(artifact), seen
   _assert_no_output(tmp_path)
   assert not os.path.exists(tmp_path / "run" / "pruned_model" / ".scratch")
+
+
+def test_distillation_through_the_executor(tmp_path, model_artifact,
+                                           examples_artifact, schema_artifact):
+  # #20: the teacher's outputs ride with the decoded Examples' labels; the
+  # emitted model keeps the input's signatures and loads without our loss.
+  out, _ = _run(tmp_path, model_artifact, examples_artifact, schema_artifact,
+                target_sparsity=0.8, train_steps=20, distillation_weight=0.5,
+                distillation_temperature=2.0)
+  assert out.get_custom_property("sparsity") == pytest.approx(0.8, abs=0.01)
+  assert 0.0 < out.get_custom_property("eval_accuracy") <= 1.0
+  model = keras.models.load_model(model_io.serving_dir(out.uri), compile=False)
+  assert "serving_default" in model.signatures
