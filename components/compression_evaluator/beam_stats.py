@@ -20,6 +20,7 @@ import os
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from tfx_compression.components.common import features as features_lib
+from tfx_compression.components.common import progress
 from tfx_compression.components.common.metrics import MetricStats, batch_stats
 from tfx_compression.components.compression_evaluator.predictors import ModelSource
 
@@ -63,8 +64,10 @@ def _stats_dofn_class():
     """Decodes a batch of serialized examples, predicts with every model."""
 
     def __init__(self, shared_handle, decoder_spec, sources, top_k,
-                 output_kinds):
+                 output_kinds, total_examples=None):
       self._shared = shared_handle
+      self._total = total_examples
+      self._progress = None
       self._decoder_spec = decoder_spec
       self._sources = dict(sources)
       self._top_k = top_k
@@ -75,6 +78,10 @@ def _stats_dofn_class():
       # Loaded once per worker process, shared by the DoFn instances in it.
       self._models = self._shared.acquire(
           lambda: _LoadedModels(self._decoder_spec, self._sources))
+      if self._total:
+        # Per worker: with several workers each reports its own share.
+        self._progress = progress.Progress("evaluation", self._total,
+                                           unit="examples")
 
     def process(self, batch):
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -82,9 +89,12 @@ def _stats_dofn_class():
           tf.constant(list(batch), dtype=tf.string))
       features = {k: v.numpy() for k, v in features.items()}
       labels, present = labels.numpy(), present.numpy()
-      yield {role: batch_stats(p.predict(features), labels, self._top_k,
-                               self._kinds.get(role), present)
-             for role, p in self._models.predictors.items()}
+      stats = {role: batch_stats(p.predict(features), labels, self._top_k,
+                                 self._kinds.get(role), present)
+               for role, p in self._models.predictors.items()}
+      if self._progress is not None:
+        self._progress.advance(len(batch))
+      yield stats
 
   return StatsDoFn
 
@@ -122,7 +132,8 @@ def compute_stats(pipeline, file_patterns: Sequence[str],
                   decoder_spec: DecoderSpec,
                   sources: Mapping[str, ModelSource], batch_size: int,
                   top_k: int, work_dir: str,
-                  output_kinds: Optional[Mapping[str, str]] = None
+                  output_kinds: Optional[Mapping[str, str]] = None,
+                  total_examples: Optional[int] = None
                   ) -> Dict[str, MetricStats]:
   """Runs the Beam pipeline over the eval split; {role: total MetricStats}.
 
@@ -140,6 +151,8 @@ def compute_stats(pipeline, file_patterns: Sequence[str],
     work_dir: a local or remote directory for the one-line result file.
     output_kinds: {role: 'probabilities' | 'logits'}; a role left out is
       decided per row.
+    total_examples: the split's size, for progress reports (examples done of
+      total, rate, time left); None reports none.
 
   Returns:
     {role: MetricStats}; empty when the split held no example.
@@ -157,7 +170,8 @@ def compute_stats(pipeline, file_patterns: Sequence[str],
          | "Batch" >> beam.BatchElements(min_batch_size=batch_size,
                                          max_batch_size=batch_size)
          | "Predict" >> beam.ParDo(_stats_dofn_class()(
-             shared.Shared(), decoder_spec, sources, top_k, output_kinds))
+             shared.Shared(), decoder_spec, sources, top_k, output_kinds,
+             total_examples))
          | "Sum" >> beam.CombineGlobally(_merge_combine_fn())
          | "ToJson" >> beam.Map(_to_json)
          | "Write" >> beam.io.WriteToText(out_path, shard_name_template="",

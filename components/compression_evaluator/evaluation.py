@@ -308,9 +308,12 @@ def evaluate(*, pipeline, config, baseline_path: str, candidate_path: str,
   output_kinds, kinds_source = _output_kinds(config, baseline, candidate, probe)
   logging.info("Model outputs read as: %s (%s)", output_kinds, kinds_source)
   started = time.time()
+  # One pass that only counts records (no decoding), so the evaluation can
+  # say how far along it is.
+  total = features_lib.count_examples(file_patterns, split)
   stats = beam_stats.compute_stats(pipeline, file_patterns, decoder_spec,
                                    sources, config.batch_size, config.top_k,
-                                   work_dir, output_kinds)
+                                   work_dir, output_kinds, total)
   logging.info("Metrics computed by Beam in %.1f s.", time.time() - started)
   base_stats, cand_stats = _checked_totals(config, stats)
   base_metrics = metrics_from_stats(base_stats)

@@ -15,6 +15,7 @@ from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
 from tfx_compression.components.common import features
+from tfx_compression.components.common import progress
 from tfx_compression.components.compression_evaluator import evaluation
 from tfx_compression.components.compression_evaluator import executor
 from tfx_compression.pipelines.trainers import digits_trainer
@@ -167,6 +168,22 @@ class TestBlessing:
     assert sorted(os.listdir(evaluation_art.uri)) == [
         "report.html", "report.json", "report.md"]
     assert _push(tmp_path, model_artifact, blessing) == 1
+
+  def test_evaluation_reports_its_progress(self, tmp_path, model_artifact,
+                                           examples_artifact, schema_artifact):
+    updates = []
+    listener = lambda u: updates.append(u) if u.task == "evaluation" else None
+    progress.add_listener(listener)
+    try:
+      _run(tmp_path, model_artifact, model_artifact, examples_artifact,
+           schema_artifact)
+    finally:
+      progress.remove_listener(listener)
+    # Examples done of the eval split's size, counted up to the whole split.
+    assert updates, "the evaluation reported no progress"
+    assert {u.total for u in updates} == {599}
+    assert updates[-1].done == 599 and updates[-1].unit == "examples"
+    assert [u.done for u in updates] == sorted(u.done for u in updates)
 
   def test_unreachable_threshold_is_not_blessed_nor_pushed(
       self, tmp_path, model_artifact, examples_artifact, schema_artifact):
