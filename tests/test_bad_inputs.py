@@ -40,6 +40,7 @@ from tfx_compression.components.compression_evaluator import executor as evaluat
 from tfx_compression.components.pruner import executor as pruner_executor
 from tfx_compression.components.pruner import pruning
 from tfx_compression.components.quantizer import executor as quantizer_executor
+from tfx_compression.pipelines.trainers import digits_trainer
 from tests import fixtures
 from tests import test_safe_loading
 
@@ -184,6 +185,11 @@ TABLE = (
         "metadata)", RUN, model_io.ModelLoadError, "`model`",
         "without Keras metadata", "save_format='tf'",
         inputs=dict(model=Fixture("plain_savedmodel"))),
+    Row("pruner-keras3-savedmodel-without-model-keras", PRUNER,
+        "`model` is a Keras 3 model's SavedModel without `model.keras` beside "
+        "it", RUN, model_io.ModelLoadError, "`model`",
+        "written from a Keras 3 model", model_io.KERAS3_SAVE_LINE,
+        inputs=dict(model=Fixture("keras3_savedmodel_only"))),
     Row("pruner-empty-model-dir", PRUNER, "`model` directory is empty", RUN,
         model_io.ModelLoadError, "`model`", "no saved_model.pb", "Wire a Trainer's",
         inputs=dict(model=Fixture("empty_model"))),
@@ -256,6 +262,17 @@ TABLE = (
     Row("quantizer-tflite-model", QUANTIZER, "`model` is already TFLite", RUN,
         model_io.ModelLoadError, "`model`", "model.tflite", "Wire the Trainer's",
         inputs=dict(model=Fixture("tflite_model"))),
+    Row("quantizer-keras3-savedmodel-without-model-keras", QUANTIZER,
+        "`model` is a Keras 3 model's SavedModel without `model.keras`", RUN,
+        model_io.ModelLoadError, "`model`", "written from a Keras 3 model",
+        model_io.KERAS3_SAVE_LINE,
+        inputs=dict(model=Fixture("keras3_savedmodel_only"))),
+    Row("quantizer-qat-on-keras3", QUANTIZER,
+        "`quantization='qat'` on a Keras 3 model (Keras 3 has no QAT)", RUN,
+        ValueError, "quantization='qat'", "this model is Keras 3",
+        "quantization='int8'",
+        params=dict(quantization="qat"),
+        inputs=dict(model=Fixture("keras3_model"))),
     Row("quantizer-label-misspelled", QUANTIZER,
         "`label_key='lable'` with `quantization='qat'`", RUN, features.DataError,
         "`label_key`", "'lable'", "Set `label_key`",
@@ -667,6 +684,32 @@ def plain_savedmodel(bad_root):
   tf.saved_model.save(module, os.path.join(art.uri, model_io.SERVING_DIR),
                       signatures={"serving_default": module.serve})
   return art
+
+
+def _write_keras3_model(art, keras_file: bool):
+  """As a Keras 3 Trainer module writes it: tf.saved_model.save (+ model.keras)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  inputs = {k: keras.Input(shape=(1,), name=k) for k in digits_trainer.FEATURE_KEYS}
+  x = keras.layers.Concatenate()(list(inputs.values()))
+  model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+  model.compile(loss="sparse_categorical_crossentropy")
+  path = os.path.join(art.uri, model_io.SERVING_DIR)
+  tf.saved_model.save(model, path)
+  if keras_file:
+    model.save(os.path.join(path, model_io.KERAS_FILENAME))
+  return art
+
+
+@pytest.fixture(scope="module")
+def keras3_savedmodel_only(bad_root):
+  return _write_keras3_model(_model_artifact(bad_root, "keras3_savedmodel_only"),
+                             keras_file=False)
+
+
+@pytest.fixture(scope="module")
+def keras3_model(bad_root):
+  return _write_keras3_model(_model_artifact(bad_root, "keras3_model"),
+                             keras_file=True)
 
 
 @pytest.fixture(scope="module")
