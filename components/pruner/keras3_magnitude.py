@@ -54,7 +54,6 @@ Example:
 
 import contextlib
 import dataclasses
-import fnmatch
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -67,6 +66,7 @@ from tfx_compression.components.common import progress
 from tfx_compression.components.pruner import config as config_lib
 from tfx_compression.components.pruner import distillation
 from tfx_compression.components.pruner import schedules
+from tfx_compression.components.pruner import strategy
 # The result and errors every backend shares; one M:N check for all.
 from tfx_compression.components.pruner.m_by_n import m_by_n_violations  # noqa: F401
 from tfx_compression.components.pruner.strategy import NonFiniteLossError
@@ -143,10 +143,6 @@ def prunable_layers(model, m_by_n: Optional[Tuple[int, int]] = None
   return out
 
 
-def _match(name: str, patterns: Sequence[str]) -> bool:
-  return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
 def select_layers(model, include: Sequence[str] = (),
                   exclude: Sequence[str] = (),
                   m_by_n: Optional[Tuple[int, int]] = None) -> List[str]:
@@ -163,28 +159,9 @@ def select_layers(model, include: Sequence[str] = (),
   """
   check_supported(model)
   names = list(prunable_layers(model, m_by_n))
-  note = ""
-  if m_by_n:
-    others = [n for n in prunable_layers(model) if n not in names]
-    if others:
-      note = (f" ({others} cannot take {m_by_n[0]}:{m_by_n[1]} blocks: their "
-              f"input dimension is not a multiple of {m_by_n[1]}.)")
-  for parameter, patterns in (("include_layers", include),
-                              ("exclude_layers", exclude)):
-    for pattern in patterns:
-      if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-        raise ValueError(
-            f"`{parameter}` pattern {pattern!r} matches no prunable layer. "
-            f"Prunable layers: {names}.{note} Patterns are fnmatch patterns on "
-            "layer names, e.g. 'conv*'.")
-  selected = [n for n in names
-              if (not include or _match(n, include)) and not _match(n, exclude)]
-  if not selected:
-    raise ValueError(
-        f"No layer is left to prune (include_layers={list(include)}, "
-        f"exclude_layers={list(exclude)}; prunable layers: {names}).{note} "
-        "Loosen the patterns.")
-  return selected
+  others = ([n for n in prunable_layers(model) if n not in names]
+            if m_by_n else [])
+  return strategy.match_layers(names, include, exclude, m_by_n, others)
 
 
 def _is_graph_model(model) -> bool:
