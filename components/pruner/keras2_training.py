@@ -19,15 +19,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from tfx_compression.components.pruner import strategy
 from tfx_compression.components.pruner.strategy import NonFiniteLossError
-
-def _output_activation(model) -> Optional[str]:
-  if len(model.outputs) != 1:
-    return None
-  layer = model.layers[-1]
-  activation = getattr(layer, "activation", None)
-  return getattr(activation, "__name__", None)
-
 
 def _deserialize_loss(cfg, custom_objects):
   if cfg is None:
@@ -71,20 +64,7 @@ def resolve_loss(model, custom_objects: Optional[Dict[str, Any]] = None
       logging.warning("The saved loss could not be rebuilt (%s); using the "
                       "default cross-entropy. Declare custom losses in the "
                       "module_file's custom_objects.", e)
-  if len(model.outputs) != 1:
-    raise ValueError(
-        f"The model has {len(model.outputs)} outputs and no recorded loss; "
-        "the Pruner cannot guess one. Save the model compiled (model.compile "
-        "before model.save) so its loss is kept in the SavedModel.")
-  activation = _output_activation(model)
-  units = model.outputs[0].shape[-1]
-  if units == 1:
-    from_logits = activation != "sigmoid"
-    return (tf_keras.losses.BinaryCrossentropy(from_logits=from_logits),
-            f"default (binary, from_logits={from_logits})")
-  from_logits = activation != "softmax"
-  return (tf_keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-          f"default (sparse categorical, from_logits={from_logits})")
+  return strategy.default_loss(model, tf_keras.losses, "SavedModel")
 
 
 def _accuracy_metric(model, loss):

@@ -204,13 +204,6 @@ def clone_model(model):
 # Loss and evaluation.
 
 
-def _output_activation(model) -> Optional[str]:
-  if len(model.outputs) != 1:
-    return None
-  activation = getattr(model.layers[-1], "activation", None)
-  return getattr(activation, "__name__", None)
-
-
 def _deserialize_loss(cfg, custom_objects):
   if cfg is None:
     return None
@@ -251,20 +244,7 @@ def resolve_loss(model, custom_objects: Optional[Dict[str, Any]] = None
       logging.warning("The saved loss could not be rebuilt (%s); using the "
                       "default cross-entropy. Declare custom losses in the "
                       "module_file's custom_objects.", e)
-  if len(model.outputs) != 1:
-    raise ValueError(
-        f"The model has {len(model.outputs)} outputs and no recorded loss; "
-        "the Pruner cannot guess one. Save the model compiled (model.compile "
-        "before model.save) so its loss is kept in the model file.")
-  activation = _output_activation(model)
-  units = model.outputs[0].shape[-1]
-  if units == 1:
-    from_logits = activation != "sigmoid"
-    return (keras.losses.BinaryCrossentropy(from_logits=from_logits),
-            f"default (binary, from_logits={from_logits})")
-  from_logits = activation != "softmax"
-  return (keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-          f"default (sparse categorical, from_logits={from_logits})")
+  return strategy.default_loss(model, keras.losses, "model file")
 
 
 def _accuracy_metric(model, loss):

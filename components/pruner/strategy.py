@@ -221,3 +221,41 @@ def backend(model, kind: str = "magnitude"):
         f"{'channel' if kind == 'channels' else kind} pruning of Keras 3 "
         "models is not available. Use sparsity_structure='unstructured' or an "
         "M:N structure, or save the model with tf_keras (Keras 2).") from e
+
+
+def output_activation(model) -> Optional[str]:
+  """The name of a single-output model's last activation ('softmax', ...)."""
+  if len(model.outputs) != 1:
+    return None
+  activation = getattr(model.layers[-1], "activation", None)
+  return getattr(activation, "__name__", None)
+
+
+def default_loss(model, losses, saved_in: str) -> Tuple[Any, str]:
+  """The cross-entropy a model with no recorded loss is fine-tuned with.
+
+  Args:
+    model: a tf_keras or Keras 3 model.
+    losses: that Keras' ``losses`` module.
+    saved_in: where a compiled model keeps its loss ("SavedModel", "model file"),
+      for the error.
+
+  Returns:
+    (loss, how it was chosen).
+
+  Raises:
+    ValueError: the model has several outputs, so no loss can be guessed.
+  """
+  if len(model.outputs) != 1:
+    raise ValueError(
+        f"The model has {len(model.outputs)} outputs and no recorded loss; "
+        "the Pruner cannot guess one. Save the model compiled (model.compile "
+        f"before model.save) so its loss is kept in the {saved_in}.")
+  activation = output_activation(model)
+  if model.outputs[0].shape[-1] == 1:
+    from_logits = activation != "sigmoid"
+    return (losses.BinaryCrossentropy(from_logits=from_logits),
+            f"default (binary, from_logits={from_logits})")
+  from_logits = activation != "softmax"
+  return (losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+          f"default (sparse categorical, from_logits={from_logits})")
