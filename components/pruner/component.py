@@ -173,7 +173,7 @@ class Pruner(base_component.BaseComponent):
         step must pass, with the CompressionEvaluator's rules.
       distillation_weight, distillation_temperature: fine-tune towards the
         input model's outputs too (w in [0, 1], 0 = off; temperature T > 0);
-        see components/pruner/distillation.py. Not with the search yet.
+        see components/common/distillation.py. Not with the search yet.
     """
     params = {
         LABEL_KEY_KEY: label_key,

@@ -50,7 +50,7 @@ import numpy as np
 from tfx_compression.components.common import progress
 from tfx_compression.components.pruner import channel_choice as choice
 from tfx_compression.components.pruner import keras3_magnitude
-from tfx_compression.components.pruner import distillation
+from tfx_compression.components.common import distillation
 from tfx_compression.components.pruner import schedules
 from tfx_compression.components.pruner.channel_choice import select_channels  # noqa: F401
 from tfx_compression.components.pruner.channel_graph import ChannelGraph

@@ -28,7 +28,7 @@ import tensorflow as tf
 from tfx_compression.components.common import keras_env
 from tfx_compression.components.common import model_stats
 from tfx_compression.components.pruner import config as config_lib
-from tfx_compression.components.pruner import distillation
+from tfx_compression.components.common import distillation
 from tfx_compression.components.pruner import search as search_lib
 from tfx_compression.components.pruner import strategy as strategy_lib
 # The result and the errors, where callers have always found them.

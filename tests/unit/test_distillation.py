@@ -1,4 +1,4 @@
-"""Distillation in the Pruner's fine-tuning (distillation.py, #20), on tiny models.
+"""Distillation in the Pruner's fine-tuning (common/distillation.py, #20), on tiny models.
 
 Weight 0 is today's fine-tuning bit for bit; a positive weight changes the
 training (the loss has a KL term towards the frozen input model) and still
@@ -15,7 +15,7 @@ import keras
 from tests.fixtures import assert_same_weights
 from tests.fixtures import tiny_data
 from tests.fixtures import tiny_model
-from tfx_compression.components.pruner import distillation
+from tfx_compression.components.common import distillation
 from tfx_compression.components.pruner import pruning
 from tfx_compression.components.pruner.config import PrunerConfig
 

@@ -1,4 +1,5 @@
-"""Knowledge distillation for the Pruner's fine-tuning, for either Keras.
+"""Knowledge distillation for the fine-tuning of the Pruner and of the
+Quantizer's QAT, for either Keras.
 
 The input model, frozen, is the teacher. Its outputs ride along with the labels
 (:func:`with_teacher` packs them into the label tensor of each train batch), and
