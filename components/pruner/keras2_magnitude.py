@@ -32,10 +32,9 @@ import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
-from tfx_compression.components.common import model_stats
 from tfx_compression.components.common import progress
 from tfx_compression.components.pruner import schedules
-from tfx_compression.components.pruner import strategy
+from tfx_compression.components.pruner import training_common
 from tfx_compression.components.pruner.keras2_training import check_finite
 from tfx_compression.components.pruner.keras2_training import deterministic
 from tfx_compression.components.pruner.keras2_training import evaluate  # noqa: F401  (the backend interface)
@@ -50,11 +49,7 @@ _sparsity = tfmot.sparsity.keras
 
 def _walk_layers(model):
   """Layers of a model, descending into nested models."""
-  for layer in model.layers:
-    if isinstance(layer, tf_keras.Model):
-      yield from _walk_layers(layer)
-    else:
-      yield layer
+  return training_common.walk_layers(model, tf_keras.Model)
 
 
 def _prunable_weights(layer) -> list:
@@ -74,12 +69,6 @@ def _prunable_weights(layer) -> list:
   return [getattr(layer, name) for name in registry._weight_names(layer)]  # pylint: disable=protected-access
 
 
-def _m_by_n_ok(weight, m_by_n: Tuple[int, int]) -> bool:
-  # Blocks run along the input dimension (axis -2 of a Dense or Conv kernel);
-  # a dimension that is not a multiple of N has no full block to sparsify.
-  return weight.shape.rank in (2, 4) and weight.shape[-2] % m_by_n[1] == 0
-
-
 def prunable_layers(model, m_by_n: Optional[Tuple[int, int]] = None
                    ) -> "Dict[str, Any]":
   """Name -> layer for every layer tfmot can prune (with an M:N block if given).
@@ -91,15 +80,8 @@ def prunable_layers(model, m_by_n: Optional[Tuple[int, int]] = None
 
       list(prunable_layers(model))  # ['conv1', 'conv2', 'dense1', 'probabilities']
   """
-  out = {}
-  for layer in _walk_layers(model):
-    weights = _prunable_weights(layer)
-    if not weights:
-      continue
-    if m_by_n and not all(_m_by_n_ok(w, m_by_n) for w in weights):
-      continue
-    out[layer.name] = layer
-  return out
+  return training_common.prunable_layers(_walk_layers(model),
+                                         _prunable_weights, m_by_n)
 
 
 def select_layers(model, include: Sequence[str] = (),
@@ -125,10 +107,8 @@ def select_layers(model, include: Sequence[str] = (),
       select_layers(model, include=["conv*", "dense1"])  # ['conv1', 'conv2', 'dense1']
   """
   check_supported(model)
-  names = list(prunable_layers(model, m_by_n))
-  others = ([n for n in prunable_layers(model) if n not in names]
-            if m_by_n else [])
-  return strategy.match_layers(names, include, exclude, m_by_n, others)
+  return training_common.select_layers(
+      lambda blocks: prunable_layers(model, blocks), include, exclude, m_by_n)
 
 
 def check_supported(model) -> None:
@@ -198,7 +178,7 @@ def _wrap(model, names: Sequence[str], params: Mapping[str, Any]):
 # Pruning.
 
 
-class ContinuedPruning:
+class ContinuedPruning(training_common.StagedPruning):
   """One wrapped, compiled model pruned further stage after stage.
 
   What an iterative search needs: each stage ramps the sparsity from the last
@@ -209,7 +189,8 @@ class ContinuedPruning:
 
   ``model`` (the plain view) shares its variables with the wrapped model: it
   always holds the current weights, zeros included. Copy it
-  (:func:`clone_model`) to keep a stage's result.
+  (:func:`clone_model`) to keep a stage's result. :meth:`stage` is
+  ``training_common.StagedPruning``'s, as for Keras 3.
 
   Example:
 
@@ -228,7 +209,6 @@ class ContinuedPruning:
     self.seed = seed
     self.steps_done = 0
     self._schedule_name = schedule
-    self._schedule = None
     self._layers = list(layers)
     with deterministic(seed):
       self._plain = clone_model(model)
@@ -248,36 +228,16 @@ class ContinuedPruning:
     # model over the same variables.
     self.model = _sparsity.strip_pruning(self._wrapped)
 
-  def stage(self, train_ds: tf.data.Dataset, initial_sparsity: float,
-            target_sparsity: float, steps: int, seed: Optional[int] = None):
-    """Ramps from ``initial_sparsity`` to ``target_sparsity`` over ``steps``.
+  def _fit_stage(self, train_ds: tf.data.Dataset, steps: int) -> None:
+    self._wrapped.fit(
+        train_ds.repeat(), steps_per_epoch=steps, epochs=1, verbose=0,
+        callbacks=[_sparsity.UpdatePruningStep(),
+                   StopOnNonFiniteLoss(self.learning_rate),
+                   progress.keras_callback(
+                       progress.Progress("fine-tuning", max(1, steps)))])
 
-    Returns:
-      The plain model (the shared view) after the stage.
-    """
-    begin, end, freq = schedules.resolve_schedule(steps, 0, None, None)
-    if self._wrapped is None:
-      self._build(freq)
-    elif freq != self._schedule.frequency:
-      raise ValueError(f"Every stage must have the same length (first: "
-                       f"frequency {self._schedule.frequency}, now {freq}).")
-    self._schedule.set_stage(initial_sparsity, target_sparsity,
-                             self.steps_done + begin + 1,
-                             self.steps_done + end + 1)
-    logging.info("Pruning %s from %.3f to %.3f: mask updates at steps %d..%d "
-                 "every %d (of %d).", self._layers, initial_sparsity,
-                 target_sparsity, self.steps_done + begin,
-                 self.steps_done + end, freq, self.steps_done + steps)
-    with deterministic(self.seed if seed is None else seed):
-      self._wrapped.fit(
-          train_ds.repeat(), steps_per_epoch=steps, epochs=1, verbose=0,
-          callbacks=[_sparsity.UpdatePruningStep(),
-                     StopOnNonFiniteLoss(self.learning_rate),
-                     progress.keras_callback(
-                         progress.Progress("fine-tuning", max(1, steps)))])
-    self.steps_done += steps
-    check_finite(self.model, self.learning_rate)
-    return self.model
+  _deterministic = staticmethod(deterministic)
+  _check_finite = staticmethod(check_finite)
 
 
 def prune_to(model, train_ds: tf.data.Dataset, *, target_sparsity: float,
@@ -399,16 +359,5 @@ def pruning_stats(model, layers: Sequence[str]) -> Dict[str, Any]:
     pruned_zero_count, param_count and zero_count (every weight),
     gzip_weight_bytes (gzip of all weights).
   """
-  kernels = pruned_kernels(model, layers)
-  size = sum(k.size for k in kernels.values())
-  zeros = sum(int((k == 0).sum()) for k in kernels.values())
-  whole = model_stats.sparsity_stats(model)
-  return {
-      "sparsity": zeros / size if size else 0.0,
-      "pruned_param_count": int(size),
-      "pruned_zero_count": int(zeros),
-      "param_count": whole["param_count"],
-      "zero_count": whole["zero_count"],
-      "gzip_weight_bytes": model_stats.weights_gzip_bytes(model.get_weights()),
-  }
+  return training_common.pruning_stats(model, pruned_kernels(model, layers))
 

@@ -1,8 +1,8 @@
 """Which layers of a Keras 3 model the magnitude backend prunes, and copies of the model.
 
 The weights tfmot's PruneRegistry names, found on a plain Keras 3 model (no
-tfmot, no tf_keras); the layer patterns are matched by ``strategy.match_layers``
-with the same rules and messages as the tf_keras backend.
+tfmot, no tf_keras); the walk, the M:N check and the layer patterns are
+``training_common``'s, shared with the tf_keras backend.
 
 Example:
 
@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import keras
 
-from tfx_compression.components.pruner import strategy
+from tfx_compression.components.pruner import training_common
 from tfx_compression.components.pruner.strategy import UnsupportedModelError
 
 
@@ -35,11 +35,7 @@ _MHA_DENSE = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
 
 def walk_layers(model):
   """Layers of a model, descending into nested models."""
-  for layer in model.layers:
-    if isinstance(layer, keras.Model):
-      yield from walk_layers(layer)
-    else:
-      yield layer
+  return training_common.walk_layers(model, keras.Model)
 
 
 def prunable_weights(layer) -> list:
@@ -58,12 +54,6 @@ def prunable_weights(layer) -> list:
   return []
 
 
-def _m_by_n_ok(weight, m_by_n: Tuple[int, int]) -> bool:
-  # Blocks run along the input dimension (axis -2 of a Dense or Conv kernel);
-  # tfmot rearranges rank-2 and rank-4 kernels only.
-  return len(weight.shape) in (2, 4) and weight.shape[-2] % m_by_n[1] == 0
-
-
 def prunable_layers(model, m_by_n: Optional[Tuple[int, int]] = None
                    ) -> Dict[str, Any]:
   """Name -> layer for every layer with weights to prune (M:N blocks if given).
@@ -76,15 +66,8 @@ def prunable_layers(model, m_by_n: Optional[Tuple[int, int]] = None
 
       list(prunable_layers(model))  # ['conv1', 'conv2', 'dense1', 'probabilities']
   """
-  out = {}
-  for layer in walk_layers(model):
-    weights = prunable_weights(layer)
-    if not weights:
-      continue
-    if m_by_n and not all(_m_by_n_ok(w, m_by_n) for w in weights):
-      continue
-    out[layer.name] = layer
-  return out
+  return training_common.prunable_layers(walk_layers(model), prunable_weights,
+                                         m_by_n)
 
 
 def select_layers(model, include: Sequence[str] = (),
@@ -102,10 +85,8 @@ def select_layers(model, include: Sequence[str] = (),
       select_layers(model, include=["conv*", "dense1"])  # ['conv1', 'conv2', 'dense1']
   """
   check_supported(model)
-  names = list(prunable_layers(model, m_by_n))
-  others = ([n for n in prunable_layers(model) if n not in names]
-            if m_by_n else [])
-  return strategy.match_layers(names, include, exclude, m_by_n, others)
+  return training_common.select_layers(
+      lambda blocks: prunable_layers(model, blocks), include, exclude, m_by_n)
 
 
 def _is_graph_model(model) -> bool:

@@ -55,11 +55,11 @@ from absl import logging
 import keras
 import numpy as np
 
-from tfx_compression.components.common import model_stats
 from tfx_compression.components.common import progress
 from tfx_compression.components.pruner import config as config_lib
 from tfx_compression.components.common import distillation
 from tfx_compression.components.pruner import schedules
+from tfx_compression.components.pruner import training_common
 # The backend interface (``strategy.backend``) is this module: the pieces
 # living in keras3_layers / keras3_masking / keras3_training are named here.
 from tfx_compression.components.pruner.keras3_layers import check_supported
@@ -166,13 +166,14 @@ def prune_to(model, train_ds, *, target_sparsity: float, steps: int, loss,
   return plain
 
 
-class ContinuedPruning:
+class ContinuedPruning(training_common.StagedPruning):
   """One compiled model pruned further stage after stage (for the search).
 
   Each stage moves the schedule from the last stage's sparsity to the next
   target and fine-tunes from the current weights, on the same compiled model:
   no clone, no recompile, no retrace. The Adam state and the masks carry over,
   as in one longer training run (``pruning.ContinuedPruning``'s semantics).
+  :meth:`stage` is ``training_common.StagedPruning``'s, as for tf_keras.
 
   ``model`` always holds the current weights, zeros included; copy it
   (:func:`clone_model`) to keep a stage's result.
@@ -192,46 +193,26 @@ class ContinuedPruning:
     self.seed = seed
     self.steps_done = 0
     self._layers = list(layers)
-    self._schedule = Schedule(schedule)
+    self._schedule_name = Schedule(schedule).kind  # Checked now, built later.
     self._masking = None
     with deterministic(seed):
       self.model = clone_model(model)
     self._loss = loss
 
   def _build(self, frequency: int) -> None:
-    self._schedule.frequency = frequency
+    self._schedule = Schedule(self._schedule_name, frequency=frequency)
     self._masking = Masking(layer_variables(self.model, self._layers),
-                             self._schedule)
+                            self._schedule)
     with deterministic(self.seed):
       self.model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
                          loss=self._loss)
 
-  def stage(self, train_ds, initial_sparsity: float, target_sparsity: float,
-            steps: int, seed: Optional[int] = None):
-    """Ramps from ``initial_sparsity`` to ``target_sparsity`` over ``steps``.
+  def _fit_stage(self, train_ds, steps: int) -> None:
+    _fit(self.model, train_ds, steps, steps, self._masking,
+         self.learning_rate, None)
 
-    Returns:
-      The model (the shared one) after the stage.
-    """
-    begin, end, freq = schedules.resolve_schedule(steps, 0, None, None)
-    if self._masking is None:
-      self._build(freq)
-    elif freq != self._schedule.frequency:
-      raise ValueError(f"Every stage must have the same length (first: "
-                       f"frequency {self._schedule.frequency}, now {freq}).")
-    self._schedule.set_stage(initial_sparsity, target_sparsity,
-                             self.steps_done + begin + 1,
-                             self.steps_done + end + 1)
-    logging.info("Pruning %s from %.3f to %.3f: mask updates at steps %d..%d "
-                 "every %d (of %d).", self._layers, initial_sparsity,
-                 target_sparsity, self.steps_done + begin,
-                 self.steps_done + end, freq, self.steps_done + steps)
-    with deterministic(self.seed if seed is None else seed):
-      _fit(self.model, train_ds, steps, steps, self._masking,
-           self.learning_rate, None)
-    self.steps_done += steps
-    check_finite(self.model, self.learning_rate)
-    return self.model
+  _deterministic = staticmethod(deterministic)
+  _check_finite = staticmethod(check_finite)
 
 
 # Measuring.
@@ -255,18 +236,7 @@ def pruning_stats(model, layers: Sequence[str]) -> Dict[str, Any]:
     sparsity, pruned_param_count, pruned_zero_count, param_count, zero_count,
     gzip_weight_bytes (as ``pruning.pruning_stats``).
   """
-  kernels = pruned_kernels(model, layers)
-  size = sum(k.size for k in kernels.values())
-  zeros = sum(int((k == 0).sum()) for k in kernels.values())
-  whole = model_stats.sparsity_stats(model)
-  return {
-      "sparsity": zeros / size if size else 0.0,
-      "pruned_param_count": int(size),
-      "pruned_zero_count": int(zeros),
-      "param_count": whole["param_count"],
-      "zero_count": whole["zero_count"],
-      "gzip_weight_bytes": model_stats.weights_gzip_bytes(model.get_weights()),
-  }
+  return training_common.pruning_stats(model, pruned_kernels(model, layers))
 
 
 # The whole job.

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from tfx_compression.components.pruner import schedules
-from tfx_compression.components.pruner.strategy import NonFiniteLossError
+from tfx_compression.components.pruner import training_common
 
 
 # Schedules: tfmot's, with steps counted as tfmot counts them.
@@ -249,9 +249,5 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
       return
     loss = float(np.asarray(loss))
     if not math.isfinite(loss):
-      raise NonFiniteLossError(
-          f"The fine-tuning loss became {loss} at step {self._masking.step}; "
-          "fine-tuning stopped and no model was written. Lower "
-          f"`learning_rate` (now {self._learning_rate:g}), check the train "
-          "split for NaN or infinite feature values, or check the model's "
-          "loss.")
+      raise training_common.non_finite_loss(loss, self._masking.step,
+                                            self._learning_rate)
