@@ -1,9 +1,11 @@
 """The JSON files a step writes beside its model, named and read in one place.
 
 * ``pruning_search.json``, at the root of the Pruner's Model artifact (search
-  mode only): the search curve, one step per sparsity tried. The Quantizer
-  carries it to its own output so the CompressionEvaluator can draw the curve
-  of the model it gates.
+  mode only): the search curve, one step per sparsity tried. It stays there:
+  the Quantizer records its input model's URI on its output as the custom
+  property ``source_model`` (:data:`SOURCE_MODEL_PROPERTY`), and the
+  CompressionEvaluator follows that lineage back to the Pruner's artifact
+  (:func:`read_pruning_search` with ``source_uri``) to draw the curve.
 * ``tflite_io.json``, beside the Quantizer's ``model.tflite``
   (``Format-Serving/``): the TFLite model's inputs and outputs and how a device
   packs them.
@@ -14,7 +16,7 @@ not JSON.
 
 Example:
 
-    curve = side_files.read_pruning_search(candidate.uri)   # None if absent
+    curve = side_files.read_pruning_search(candidate.uri, source_uri)  # None if absent
 """
 
 import json
@@ -25,6 +27,9 @@ from tfx_compression.components.common import model_io
 
 PRUNING_SEARCH = "pruning_search.json"
 TFLITE_IO = "tflite_io.json"
+# The custom property (a URI) by which a Model artifact made from another model
+# names it: the Quantizer's output names the Pruner's (or the Trainer's) model.
+SOURCE_MODEL_PROPERTY = "source_model"
 
 
 class SideFileError(ValueError):
@@ -52,24 +57,24 @@ def pruning_search_paths(model_uri: str) -> Sequence[str]:
           os.path.join(model_uri, model_io.SERVING_DIR, PRUNING_SEARCH))
 
 
-def read_pruning_search(model_uri: str) -> Optional[Dict[str, Any]]:
-  """The search curve a Model artifact carries, or None."""
-  return read_json(pruning_search_paths(model_uri))
+def read_pruning_search(model_uri: str, source_uri: Optional[str] = None
+                        ) -> Optional[Dict[str, Any]]:
+  """The search curve of a Model artifact's lineage, or None.
+
+  The artifact's own curve (a Pruner's output, or an older Quantizer output
+  that carried a copy), else that of its source model (``source_uri``, the
+  artifact's :data:`SOURCE_MODEL_PROPERTY`: a Quantizer's output names the
+  Pruner's). Any filesystem ``tf.io.gfile`` reads (local, gs://).
+  """
+  curve = read_json(pruning_search_paths(model_uri))
+  if curve is None and source_uri:
+    curve = read_json(pruning_search_paths(source_uri))
+  return curve
 
 
 def write_pruning_search(model_dir: str, curve: Any) -> None:
   """Writes the curve at the root of a Model artifact's directory."""
   _write_json(os.path.join(model_dir, PRUNING_SEARCH), curve)
-
-
-def carry_pruning_search(source_uri: str, target_dir: str) -> bool:
-  """Copies the source model's curve to ``target_dir``; False if it has none."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  source = os.path.join(source_uri, PRUNING_SEARCH)
-  if not tf.io.gfile.exists(source):
-    return False
-  tf.io.gfile.copy(source, os.path.join(target_dir, PRUNING_SEARCH))
-  return True
 
 
 def tflite_io_path(tflite_path: str) -> str:

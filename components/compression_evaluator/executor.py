@@ -162,7 +162,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
       tflite = model_io.find_tflite(candidate_dir)
       try:
         tflite_io = side_files.read_tflite_io(tflite) if tflite else None
-        search = side_files.read_pruning_search(candidate.uri)
+        search = side_files.read_pruning_search(
+            candidate.uri,
+            _str_property(candidate, side_files.SOURCE_MODEL_PROPERTY))
       except side_files.SideFileError as e:
         raise evaluation_lib.EvaluationError(str(e)) from e
       result = evaluation_lib.evaluate(

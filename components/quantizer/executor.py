@@ -61,9 +61,10 @@ class Executor(base_executor.BaseExecutor):
       with open(os.path.join(serving, model_io.TFLITE_FILENAME), "wb") as f:
         f.write(result.tflite_model)
       side_files.write_tflite_io(serving, result.io)
-      # The Pruner's search curve, so the evaluator can draw it.
-      side_files.carry_pruning_search(model_artifact.uri, staging)
     artifacts.set_properties(output, result.stats)
+    # The lineage the evaluator follows to the Pruner's search curve.
+    output.set_string_custom_property(side_files.SOURCE_MODEL_PROPERTY,
+                                      model_artifact.uri)
     logging.info("Quantizer wrote %s: %s", output.uri, result.stats)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import apache_beam as beam
 import numpy as np
@@ -263,6 +264,42 @@ class TestTFLiteCandidate:
     assert report["sparsity"]["source"].startswith("recorded")
     assert report["examples"]["candidate_outputs"] == "probabilities"
     assert os.listdir(blessing.uri) == ["BLESSED"]
+
+
+class TestSearchCurveLineage:
+  """The Pruner's curve reaches the report behind a Quantizer, never copied."""
+
+  CURVE = {"steps": [
+      {"sparsity": s, "metric": m, "metric_name": "accuracy",
+       "param_count": 1000, "nonzero_params": int(1000 * (1 - s)),
+       "gzip_bytes": int(9000 * (1 - s)), "passed": p}
+      for s, m, p in ((0.5, 0.95, True), (0.8, 0.90, False))],
+           "chosen_sparsity": 0.5, "baseline_metric": 0.951}
+
+  def test_quantized_search_output_has_the_curve(
+      self, tmp_path, model_artifact, examples_artifact, schema_artifact):
+    # pylint: disable=g-import-not-at-top
+    from tfx_compression.components.common import side_files
+    from tfx_compression.components.quantizer import executor as quantizer
+    # pylint: enable=g-import-not-at-top
+    pruned = standard_artifacts.Model()  # A searched Pruner's output.
+    pruned.uri = str(tmp_path / "pruned")
+    shutil.copytree(model_artifact.uri, pruned.uri)
+    side_files.write_pruning_search(pruned.uri, self.CURVE)
+    quantized = standard_artifacts.Model()
+    quantized.uri = str(tmp_path / "quantized")
+    os.makedirs(quantized.uri)
+    quantizer.Executor().Do({quantizer.MODEL_KEY: [pruned]},
+                            {quantizer.QUANTIZED_MODEL_KEY: [quantized]},
+                            {"quantization": "dynamic"})
+    assert side_files.PRUNING_SEARCH not in os.listdir(quantized.uri)
+
+    _, evaluation_art, report = _run(tmp_path, model_artifact, quantized,
+                                     examples_artifact, schema_artifact,
+                                     max_drop=0.05)
+    assert report["pruning_search"] == self.CURVE
+    with open(os.path.join(evaluation_art.uri, "report.html")) as f:
+      assert "chosen 50%" in f.read()  # the curve drawn
 
 
 class TestBadInput:
