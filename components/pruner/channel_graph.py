@@ -24,14 +24,8 @@ from typing import Any, Callable, Collection, Dict, List, Optional, Tuple
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
-import tf_keras as keras
 
 from tfx_compression.components.pruner import channel_rules as rules
-
-# tf_keras has no public API for the functional graph: it is read through
-# Model._nodes_by_depth, _input_layers, _nested_inputs/_nested_outputs.
-# pylint: disable=protected-access
 
 
 FIXED = 0  # Union-find id of "cannot be removed".
@@ -99,13 +93,16 @@ class ChannelGraph:
 
   Attributes:
     model: the analysed model.
+    access: the access object of the model's Keras (what differs between them).
     producers: name -> _Producer, the selected layers whose channels may go.
     skipped: name -> why a selected layer cannot lose any channel.
     partial: name -> why some of a layer's channels must stay.
   """
 
-  def __init__(self, model):
+  def __init__(self, model, access=None):
     self.model = model
+    # The backend's layer access (keras2_channel_access / keras3_channel_access).
+    self.access = access
     self.producers: Dict[str, _Producer] = {}
     self.skipped: Dict[str, str] = {}
     self.partial: Dict[str, str] = {}
@@ -232,28 +229,12 @@ def layer_weights(model, name: str) -> Dict[str, np.ndarray]:
 
 
 
-def node_list(model) -> list:
-  nodes = []
-  for depth in sorted(model._nodes_by_depth, reverse=True):
-    nodes.extend(model._nodes_by_depth[depth])
-  return nodes
+def _keras2_access():
+  from tfx_compression.components.pruner import keras2_channel_access  # pylint: disable=g-import-not-at-top
+  return keras2_channel_access.ACCESS
 
 
-def check_functional(model) -> None:
-  if not isinstance(model, keras.Model):
-    raise ChannelPruningError(
-        f"Channel pruning needs a tf_keras Model; got {type(model).__name__}.")
-  if not getattr(model, "_is_graph_network", False):
-    raise ChannelPruningError(
-        f"Channel pruning needs a functional or Sequential tf_keras model, "
-        f"but '{model.name}' is a subclassed model ({type(model).__name__}), "
-        "whose graph cannot be rebuilt narrower. Build it with the functional "
-        "API (keras.Model(inputs, outputs)), or use "
-        "sparsity_structure='unstructured'.")
-
-
-
-def _check_explicit(model, explicit: Collection[str]) -> None:
+def _check_explicit(model, explicit: Collection[str], access) -> None:
   names = {layer.name for layer in model.layers}
   unknown = sorted(set(explicit) - names)
   if unknown:
@@ -261,42 +242,54 @@ def _check_explicit(model, explicit: Collection[str]) -> None:
         f"Layers {unknown} named for channel pruning are not in model "
         f"'{model.name}' (its layers: {sorted(names)}).")
   for layer in model.layers:
-    if layer.name in explicit and type(layer) not in rules.PRODUCER_TYPES:
+    if (layer.name in explicit
+        and access.kind(layer) not in rules.PRODUCER_KINDS):
       raise ChannelPruningError(
           f"Layer '{layer.name}' is a {type(layer).__name__}; channel pruning "
           "removes output channels of Dense, Conv1D, Conv2D, Conv3D and "
           "SeparableConv1D/2D layers only. Remove it from the layer selection.")
 
 
-def _follow(graph: ChannelGraph, node, ids_of: Dict[int, Optional[np.ndarray]],
+# What flows along one tensor: its channel ids, and why its removed channels
+# are not zero (None: they are zero).
+_Flow = Tuple[Optional[np.ndarray], Optional[str]]
+
+
+def _follow(graph: ChannelGraph, node, flows: Dict[int, _Flow],
             candidate: Callable[[Any], bool],
             model_outputs: Dict[int, str]) -> None:
   """Applies the rule of one node's layer; records its output's channel ids."""
-  layer = node.layer
-  outs = tf.nest.flatten(node.outputs)
-  ins = list(node.keras_inputs)
-  in_ids = [ids_of.get(id(t)) for t in ins]
-  rule = rules.rule_for(layer, any(i is not None for i in in_ids))
-  if rule is None:
-    out_ids, blocked = None, None  # Nothing prunable flows through here.
-  else:
-    call = rules.Call(graph, layer, ins, outs, in_ids, candidate(layer),
-                 model_outputs.get(id(outs[0])) if outs else None)
+  access, layer, outs = graph.access, node.layer, node.outs
+  in_ids, not_zero = [], []
+  kind = access.kind(layer)
+  for t in node.ins:
+    ids, nz = flows.get(id(t), (None, None))
+    if nz is not None and kind not in rules.NOT_ZERO_PASSES:
+      graph.fix(ids, nz)  # Not zero where removed: only a gate may take them.
+      ids, nz = None, None
+    in_ids.append(ids)
+    not_zero.append(nz)
+  rule = rules.rule_for(kind, any(i is not None for i in in_ids))
+  out_ids, blocked, out_nz = None, None, None
+  if rule is not None:
+    call = rules.Call(graph, access, layer, kind, node.ins, outs, in_ids,
+                      candidate(layer),
+                      model_outputs.get(id(outs[0])) if outs else None,
+                      not_zero, node.args, node.kwargs)
     out_ids, blocked = rule(call)
+    out_nz = call.out_not_zero
   if blocked is not None:
-    for ids in in_ids:
-      graph.fix(ids, f"they feed {type(layer).__name__} layer '{layer.name}', "
-                f"which the rebuild cannot follow ({blocked})")
+    for ids, nz in zip(in_ids, not_zero):
+      graph.fix(ids, nz or f"they feed {type(layer).__name__} layer "
+                f"'{layer.name}', which the rebuild cannot follow ({blocked})")
     out_ids = None
-  if len(outs) == 1:
-    ids_of[id(outs[0])] = out_ids
-  else:
-    for t in outs:
-      ids_of[id(t)] = None
+  for t in outs:
+    flows[id(t)] = (out_ids, out_nz) if len(outs) == 1 else (None, None)
 
 
 def analyze(model, layer_filter: Optional[Callable[[Any], bool]] = None,
-            explicit_layers: Optional[Collection[str]] = None) -> ChannelGraph:
+            explicit_layers: Optional[Collection[str]] = None,
+            access=None) -> ChannelGraph:
   """Finds the output channels of ``model`` that channel pruning may remove.
 
   Example:
@@ -306,7 +299,7 @@ def analyze(model, layer_filter: Optional[Callable[[Any], bool]] = None,
       graph.skipped             # {'conv3': "feeds Lambda layer 'lam', ..."}
 
   Args:
-    model: a functional or Sequential tf_keras model.
+    model: a functional or Sequential model of the Keras ``access`` reads.
     layer_filter: callable(layer) -> bool choosing the candidate layers among
       Dense / Conv1D / Conv2D / Conv3D / SeparableConv1D / SeparableConv2D;
       None: every such layer.
@@ -314,6 +307,8 @@ def analyze(model, layer_filter: Optional[Callable[[Any], bool]] = None,
       even if ``layer_filter`` says no, and if one of them cannot be pruned
       (wrong type, blocked by a layer the rebuild cannot follow, produces a
       model output), this fails instead of logging and going on.
+    access: ``keras2_channel_access.ACCESS`` (tf_keras, the default) or
+      ``keras3_channel_access.ACCESS``.
 
   Returns:
     The ChannelGraph.
@@ -322,27 +317,26 @@ def analyze(model, layer_filter: Optional[Callable[[Any], bool]] = None,
     ChannelPruningError: subclassed model; an explicit layer is unknown, not a
       prunable type, or blocked; no selected layer can lose a channel.
   """
-  check_functional(model)
+  access = access or _keras2_access()
+  access.check_functional(model)
   explicit = set(explicit_layers or ())
-  _check_explicit(model, explicit)
-  graph = ChannelGraph(model)
-  ids_of: Dict[int, Optional[np.ndarray]] = {}  # id(KerasTensor) -> channel ids
-  model_outputs = {id(t): n for t, n in zip(model.outputs, model.output_names)}
+  _check_explicit(model, explicit, access)
+  graph = ChannelGraph(model, access)
+  flows: Dict[int, _Flow] = {}  # id(KerasTensor) -> what flows along it
+  outputs = access.outputs(model)
+  model_outputs = {id(t): n for t, n in outputs}
 
   def candidate(layer) -> bool:
     if layer.name in explicit:
       return True
     return layer_filter is None or bool(layer_filter(layer))
 
-  for node in node_list(model):
-    if node.is_input:
-      for t in tf.nest.flatten(node.outputs):
-        ids_of[id(t)] = None
-    else:
-      _follow(graph, node, ids_of, candidate, model_outputs)
-  for t, out_name in zip(model.outputs, model.output_names):
-    graph.fix(ids_of.get(id(t)),
-              f"their channels reach the model output '{out_name}'")
+  for node in access.nodes(model):
+    if not node.is_input:
+      _follow(graph, node, flows, candidate, model_outputs)
+  for t, out_name in outputs:
+    ids, nz = flows.get(id(t), (None, None))
+    graph.fix(ids, nz or f"their channels reach the model output '{out_name}'")
   graph.finish()
   _check_result(graph, model, explicit)
   return graph

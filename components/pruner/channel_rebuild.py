@@ -2,7 +2,10 @@
 
 :func:`rebuild_narrow` builds a new functional model from the layer configs and
 copies the kept weight slices; before fine-tuning it computes exactly what the
-wide model with those channels zeroed (:func:`zero_channels`) computes.
+wide model with those channels zeroed (:func:`zero_channels`) computes. Written
+once for both Kerases: what differs (walking and re-calling the graph, weight
+names) is asked of the graph's access object (``keras2_channel_access`` /
+``keras3_channel_access``).
 
 Example:
 
@@ -13,19 +16,11 @@ Example:
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-import tensorflow as tf
-import tf_keras as keras
 
-from tfx_compression.components.pruner import channel_graph as graph_lib
-from tfx_compression.components.pruner import channel_rules as rules
 from tfx_compression.components.pruner.channel_choice import dropped_from_kept
 from tfx_compression.components.pruner.channel_graph import ChannelGraph
 from tfx_compression.components.pruner.channel_graph import ChannelPruningError
-from tfx_compression.components.pruner.channel_graph import layer_weights
 from tfx_compression.components.pruner.channel_graph import short_name
-
-# tf_keras has no public API for the functional graph (see channel_graph).
-# pylint: disable=protected-access
 
 def _keep_index(ids: Optional[np.ndarray], dropped: np.ndarray) -> Optional[np.ndarray]:
   if ids is None:
@@ -43,6 +38,7 @@ def weight_masks(graph: ChannelGraph, dropped: np.ndarray
   """
   masks = {}
   model = graph.model
+  depthwise_kernel = graph.access.depthwise_kernel
   for name in graph.prunable_layers():
     keep = (~dropped[graph.producers[name].ids]).astype(np.float32)
     for w in model.get_layer(name).weights:
@@ -61,7 +57,7 @@ def weight_masks(graph: ChannelGraph, dropped: np.ndarray
       s = short_name(w)
       if kind == "batchnorm" and s in ("gamma", "beta", "moving_mean"):
         masks[(name, s)] = keep
-      elif kind == "depthwise" and s == "depthwise_kernel":
+      elif kind == "depthwise" and s == depthwise_kernel:
         masks[(name, s)] = keep.reshape((1,) * (len(w.shape) - 2) + (-1, 1))
       elif kind == "depthwise" and s == "bias":
         masks[(name, s)] = np.repeat(keep, layer.depth_multiplier)
@@ -78,16 +74,16 @@ def zero_channels(model, graph: ChannelGraph,
   for (name, s), mask in weight_masks(graph, dropped).items():
     for w in model.get_layer(name).weights:
       if short_name(w) == s:
-        w.assign(w.numpy() * mask)
+        w.assign(graph.access.to_numpy(w) * mask)
 
 
-def _slice_weights(kind: str, layer, weights: Dict[str, np.ndarray],
+def _slice_weights(access, kind: str, layer, weights: Dict[str, np.ndarray],
                    in_idx: Optional[np.ndarray], out_idx: Optional[np.ndarray]
                    ) -> Dict[str, np.ndarray]:
   """The kept slices of one layer's weights."""
   w = dict(weights)
   if kind == "producer":
-    if isinstance(layer, rules.SEPARABLE):
+    if access.kind(layer) == "separable":
       mult = layer.depth_multiplier
       if in_idx is not None:
         w["depthwise_kernel"] = w["depthwise_kernel"][..., in_idx, :]
@@ -106,7 +102,8 @@ def _slice_weights(kind: str, layer, weights: Dict[str, np.ndarray],
     w = {k: v[in_idx] for k, v in w.items()}
   elif kind == "depthwise" and in_idx is not None:
     mult = layer.depth_multiplier
-    w["depthwise_kernel"] = w["depthwise_kernel"][..., in_idx, :]
+    k = access.depthwise_kernel
+    w[k] = w[k][..., in_idx, :]
     if "bias" in w:
       w["bias"] = w["bias"][(in_idx[:, None] * mult + np.arange(mult)).ravel()]
   elif kind == "prelu" and in_idx is not None:
@@ -134,42 +131,24 @@ def rebuild_narrow(graph: ChannelGraph, kept: Mapping[str, Sequence[int]],
     the same input and output names and structure.
   """
   model = graph.model if model is None else model
-  graph_lib.check_functional(model)
+  access = graph.access
+  access.check_functional(model)
   dropped = dropped_from_kept(graph, kept)
-  new_layers: Dict[str, Any] = {}
-  tensors: Dict[int, Any] = {}
-  for layer in model._input_layers:
-    new = keras.layers.InputLayer(**layer.get_config())
-    tensors[id(tf.nest.flatten(layer._inbound_nodes[0].outputs)[0])] = (
-        tf.nest.flatten(new._inbound_nodes[0].outputs)[0])
-  is_keras_tensor = keras.backend.is_keras_tensor
-  for node in graph_lib.node_list(model):
-    if node.is_input:
-      continue
-    layer = node.layer
-    if layer.name not in new_layers:
-      new_layers[layer.name] = _narrow_layer(graph, layer, dropped)
-    args, kwargs = tf.nest.map_structure(
-        lambda t: tensors[id(t)] if is_keras_tensor(t) else t,
-        (node.call_args, node.call_kwargs))
-    outputs = new_layers[layer.name](*args, **kwargs)
-    for old, new in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(outputs)):
-      tensors[id(old)] = new
-  inputs = tf.nest.map_structure(lambda t: tensors[id(t)], model._nested_inputs)
-  outputs = tf.nest.map_structure(lambda t: tensors[id(t)], model._nested_outputs)
-  narrow = keras.Model(inputs, outputs, name=model.name)
-  for name, new in new_layers.items():
-    old = model.get_layer(name)
+  narrow, new_layers = access.rebuild_graph(
+      model, lambda layer: _narrow_layer(graph, layer, dropped))
+  for name, (old, new) in new_layers.items():
     kind = graph.kinds.get(name)
-    if kind is None or not old.weights:
+    if not getattr(old, "weights", None):
+      continue  # Nothing to copy (Keras 3 operations have no weights at all).
+    if kind is None:
       new.set_weights(old.get_weights())
       continue
     in_idx = _keep_index(graph.input_ids.get(name), dropped)
     out_idx = None
     if name in graph.producers and name not in graph.skipped:
       out_idx = np.where(~dropped[graph.producers[name].ids])[0]
-    sliced = _slice_weights(kind, old, layer_weights(model, name), in_idx,
-                            out_idx)
+    weights = {short_name(w): access.to_numpy(w) for w in old.weights}
+    sliced = _slice_weights(access, kind, old, weights, in_idx, out_idx)
     new.set_weights([sliced[short_name(w)] for w in new.weights])
   return narrow
 
@@ -179,7 +158,7 @@ def _narrow_layer(graph: ChannelGraph, layer, dropped: np.ndarray):
   name = layer.name
   if name in graph.producers and name not in graph.skipped:
     n = int((~dropped[graph.producers[name].ids]).sum())
-    config["units" if isinstance(layer, rules.DENSE) else "filters"] = n
+    config["units" if graph.access.kind(layer) == "dense" else "filters"] = n
   elif (graph.kinds.get(name) == "reshape"
         and graph.input_ids.get(name) is not None):
     n = int((~dropped[graph.input_ids[name]]).sum())
@@ -199,27 +178,30 @@ def _narrow_layer(graph: ChannelGraph, layer, dropped: np.ndarray):
 # --------------------------------------------------------------------------
 
 
-def count_macs(model) -> int:
+def count_macs(model, access=None) -> int:
   """Multiply-adds of one example through Dense and convolution layers.
 
   Kernel size times output positions (input positions for transposed
   convolutions); unknown spatial sizes count as 1; nested models are counted.
+  ``access``: the model's Keras (default tf_keras, ``keras2_channel_access``).
   """
+  if access is None:
+    from tfx_compression.components.pruner import keras2_channel_access  # pylint: disable=g-import-not-at-top
+    access = keras2_channel_access.ACCESS
   total = 0
-  for node in graph_lib.node_list(model):
+  for node in access.nodes(model):
     layer = node.layer
     if node.is_input:
       continue
-    if isinstance(layer, keras.Model) and getattr(layer, "_is_graph_network", False):
-      total += count_macs(layer)
+    if access.is_graph_model(layer):
+      total += count_macs(layer, access)
       continue
-    transposed = isinstance(layer, rules.TRANSPOSED)
-    if not isinstance(layer, rules.PRODUCER_TYPES + rules.DEPTHWISE
-                      + rules.TRANSPOSED):
+    kind = access.mac_kind(layer)
+    if kind is None:
       continue
-    ref = node.keras_inputs[0] if transposed else tf.nest.flatten(node.outputs)[0]
+    ref = node.ins[0] if kind == "transposed" else node.outs[0]
     positions = 1
-    for d in ref.shape[1:-1]:
+    for d in (access.shape(ref) or ())[1:-1]:
       positions *= d or 1
     for w in layer.weights:
       if short_name(w) in ("kernel", "depthwise_kernel", "pointwise_kernel"):

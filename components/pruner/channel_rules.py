@@ -1,117 +1,69 @@
-"""What each layer type does to the channels flowing into it: the rules of channel analysis.
+"""What each kind of layer does to the channels flowing into it: the rules of channel analysis.
 
-One rule per layer type, in two tables: ``RULES`` for layers that matter whether or
-not prunable channels reach them (producers, BatchNormalization, DepthwiseConv,
-PReLU, Reshape: their inputs are registered for the rebuild) and
-``FLOWING_RULES`` for layers that only matter when prunable channels reach them
-(pass-through and element-wise layers, Flatten, Concatenate, the joins). Any other
-layer that prunable channels reach blocks them. A rule takes a :class:`Call` and
-returns (channel ids of the output or None, why the rebuild cannot follow the
-channels through the layer or None); :func:`channel_graph.analyze` applies them.
+One rule per layer kind, for both Kerases: a backend's access module
+(``keras2_channel_access`` for tf_keras, ``keras3_channel_access`` for Keras 3) maps
+its exact layer types to the kinds below and answers the few questions that differ
+between the two (tensor shapes, whether a function maps 0 to 0, why a layer blocks).
+Two tables: ``RULES`` for kinds that matter whether or not prunable channels reach
+them (producers, BatchNormalization, DepthwiseConv, PReLU, Reshape: their inputs are
+registered for the rebuild) and ``FLOWING_RULES`` for kinds that only matter when
+prunable channels reach them (pass-through and element-wise layers, element-wise
+operations with a constant, Flatten, Concatenate, the joins). Any other layer that
+prunable channels reach blocks them. A rule takes a :class:`Call` and returns
+(channel ids of the output or None, why the rebuild cannot follow the channels
+through the layer or None); :func:`channel_graph.analyze` applies them.
+
+Removed channels are zero where they flow, except after something that does not map
+0 to 0 (a sigmoid, ``x + 3``): there a rule marks the output *not zero*
+(``Call.out_not_zero``, with the reason) and such channels may only go on through
+element-wise layers to a **gating** ``Multiply``, whose other side carries the same
+channels as zeros. ``x * gate(x)`` is zero where ``x`` is, whatever the gate says, so
+a squeeze-and-excitation block (pooling -> reduce -> expand -> sigmoid -> Multiply)
+or a hard-swish (``x * relu6(x + 3) / 6``) loses the channel together with the
+gate's expand unit. Anywhere else the channels stay, for that reason.
 
 Example:
 
-    rule = rule_for(layer, channels_flow_in=True)
-    out_ids, blocked = rule(Call(graph, layer, ins, outs, in_ids, True, None))
+    rule = rule_for("conv", channels_flow_in=True)
+    out_ids, blocked = rule(Call(graph, access, layer, "conv", ins, outs, in_ids))
 """
 
 import dataclasses
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-import tensorflow as tf
-import tf_keras as keras
 
-_L = keras.layers
-# Exact types: Conv1DTranspose subclasses Conv1D, DepthwiseConv2D subclasses Conv,
-# and a user's subclass of Dense may do anything in call().
-DENSE = (_L.Dense,)
-_CONV = (_L.Conv1D, _L.Conv2D, _L.Conv3D)
-SEPARABLE = (_L.SeparableConv1D, _L.SeparableConv2D)
-PRODUCER_TYPES = DENSE + _CONV + SEPARABLE
-DEPTHWISE = (_L.DepthwiseConv1D, _L.DepthwiseConv2D)
-TRANSPOSED = (_L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose)
-# Channel-wise layers without weights that map 0 to 0 (for channels_last data).
-_PASSTHROUGH = (
-    _L.Dropout, _L.SpatialDropout1D, _L.SpatialDropout2D, _L.SpatialDropout3D,
-    _L.GaussianNoise, _L.GaussianDropout, _L.ActivityRegularization,
-    _L.MaxPooling1D, _L.MaxPooling2D, _L.MaxPooling3D,
-    _L.AveragePooling1D, _L.AveragePooling2D, _L.AveragePooling3D,
-    _L.GlobalAveragePooling1D, _L.GlobalAveragePooling2D,
-    _L.GlobalAveragePooling3D, _L.GlobalMaxPooling1D, _L.GlobalMaxPooling2D,
-    _L.GlobalMaxPooling3D, _L.ZeroPadding1D, _L.ZeroPadding2D,
-    _L.ZeroPadding3D, _L.Cropping1D, _L.Cropping2D, _L.Cropping3D,
-    _L.UpSampling1D, _L.UpSampling2D, _L.UpSampling3D, _L.RepeatVector,
-    _L.Identity)
-# Element-wise layers, kept only if they map 0 to 0 (checked numerically).
-_ELEMENTWISE = (_L.Activation, _L.ReLU, _L.LeakyReLU, _L.ELU,
-                _L.ThresholdedReLU, _L.Softmax, _L.Rescaling)
-_JOIN = (_L.Add, _L.Subtract, _L.Multiply, _L.Average, _L.Maximum, _L.Minimum)
+# The kinds a backend's access module maps its layer types to.
+PRODUCER_KINDS = ("dense", "conv", "separable")
+# Kinds whose not-zero channels go on (they stay not zero); any other kind fixes them.
+NOT_ZERO_PASSES = ("passthrough", "elementwise", "rescaling", "scalar_op",
+                   "reshape", "join", "multiply")
 
 
-def _width(tensor) -> Optional[int]:
-  shape = tensor.shape
-  if shape.rank is None or shape.rank == 0:
+def width(shape: Optional[tuple]) -> Optional[int]:
+  """The channel count (last axis) of a shape; None if unknown."""
+  if not shape:
     return None
   return shape[-1]
 
 
-def _maps_zero_to_zero(fn: Callable[[tf.Tensor], tf.Tensor]) -> bool:
-  try:
-    out = fn(tf.zeros([1, 3], tf.float32))
-    return bool(np.all(np.asarray(out) == 0))
-  except (ValueError, TypeError, tf.errors.OpError):
-    return False
-
-
-def _activation_name(layer) -> str:
-  act = getattr(layer, "activation", None)
-  return getattr(act, "__name__", str(act))
-
-
-def _channels_last(layer) -> bool:
-  return getattr(layer, "data_format", "channels_last") in (None, "channels_last")
-
-
-def _activation_problem(layer) -> Optional[str]:
-  """Why a Dense/Conv layer's output channels cannot be zeroed, or None."""
-  act = getattr(layer, "activation", None)
-  if act is not None and not _maps_zero_to_zero(act):
-    return (f"its activation {_activation_name(layer)!r} does not map 0 to 0, "
-            "so a removed channel would not be zero")
-  return None
-
-
-def _elementwise_ok(layer) -> bool:
-  if isinstance(layer, _L.Rescaling):
-    if np.ndim(layer.scale) or np.ndim(layer.offset):
-      return False
-  return _maps_zero_to_zero(layer)
-
-
-def _blocker_reason(layer) -> str:
-  kind = type(layer).__name__
-  if isinstance(layer, _L.Lambda):
-    return "a Lambda's function may depend on the channel count"
-  if kind in ("TFOpLambda", "SlicingOpLambda"):
-    return "a TensorFlow operation applied to a Keras tensor"
-  if isinstance(layer, keras.Model):
-    return "a nested model"
-  if type(layer).__module__.startswith("tf_keras."):
-    return f"{kind} is not channel-wise or not supported"
-  return "a custom layer"
-
-
 @dataclasses.dataclass
 class Call:
-  """One call of a layer in the graph, as the per-type rules see it."""
+  """One call of a layer in the graph, as the per-kind rules see it."""
   graph: Any                          # the channel_graph.ChannelGraph
+  access: Any                         # the backend's access object
   layer: Any
+  kind: str
   ins: list
   outs: list
   in_ids: List[Optional[np.ndarray]]  # channel ids of each input (None: none)
-  candidate: bool                     # the layer is selected for pruning
-  output_name: Optional[str]          # the model output its first output is
+  candidate: bool = False             # the layer is selected for pruning
+  output_name: Optional[str] = None   # the model output its first output is
+  not_zero: List[Optional[str]] = dataclasses.field(default_factory=list)
+  args: tuple = ()                    # the call's arguments (tensors and constants)
+  kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  # Set by a rule: why the output's removed channels are not zero (None: they are).
+  out_not_zero: Optional[str] = None
 
   @property
   def name(self) -> str:
@@ -126,8 +78,18 @@ class Call:
     return self.in_ids[0] if self.in_ids else None
 
   @property
+  def x_not_zero(self) -> Optional[str]:
+    return self.not_zero[0] if self.not_zero else None
+
+  def shape(self, tensor) -> Optional[tuple]:
+    return self.access.shape(tensor)
+
+  def width(self, tensor) -> Optional[int]:
+    return width(self.access.shape(tensor))
+
+  @property
   def x_width(self) -> Optional[int]:
-    return _width(self.ins[0]) if self.ins else None
+    return self.width(self.ins[0]) if self.ins else None
 
   def register(self, kind: str) -> None:
     """Records a layer whose weights or config follow the channels coming in."""
@@ -138,6 +100,44 @@ class Call:
 # A rule: Call -> (channel ids of the output or None, why the rebuild cannot
 # follow the channels through this layer or None).
 Rule = Callable[[Call], Tuple[Optional[np.ndarray], Optional[str]]]
+
+
+def _channels_last(layer) -> bool:
+  return getattr(layer, "data_format", "channels_last") in (None, "channels_last")
+
+
+def _not_zero_reason(call: Call) -> str:
+  """Why channels after this layer are not zero where removed (a fixed text)."""
+  return (f"they feed {type(call.layer).__name__} layer '{call.name}', which "
+          "the rebuild cannot follow (it does not map 0 to 0 channel by "
+          "channel)")
+
+
+def elementwise_zero(access, fn) -> Tuple[bool, bool]:
+  """(``fn`` acts element by element, ``fn`` maps 0 to 0), checked numerically.
+
+  Softmax is not element-wise: a removed channel changes the others.
+  """
+  x = np.array([[-1.5, 0.0, 2.0]], np.float32)
+  row, col = access.evaluate(fn, x), access.evaluate(fn, x.reshape(3, 1))
+  if row is None or col is None:
+    return False, False
+  row, col = np.asarray(row).reshape(-1), np.asarray(col).reshape(-1)
+  elementwise = row.shape == col.shape and bool(np.allclose(row, col))
+  return elementwise, bool(row[1] == 0)
+
+
+def _activation_problem(call: Call) -> Tuple[bool, Optional[str]]:
+  """(removed channels can go on, why they are not zero) for a Dense/Conv."""
+  act = getattr(call.layer, "activation", None)
+  if act is None:
+    return True, None
+  elementwise, zero = elementwise_zero(call.access, act)
+  if zero and elementwise:
+    return True, None
+  name = getattr(act, "__name__", str(act))
+  return elementwise, (f"its activation {name!r} does not map 0 to 0, so a "
+                       "removed channel would not be zero")
 
 
 def _producer(call: Call):
@@ -152,18 +152,21 @@ def _producer(call: Call):
   else:
     call.register("producer")
     if call.candidate:
-      problem = _activation_problem(layer)
       if call.output_name is not None:
         graph.skipped[name] = f"it produces the model output '{call.output_name}'"
-      elif problem:
-        graph.skipped[name] = problem
       else:
+        # Element-wise but not 0 -> 0 (a gate's sigmoid): its units may go with
+        # the channels it gates; otherwise (softmax) they stay.
+        passes, problem = _activation_problem(call)
+        if not passes:
+          graph.skipped[name] = problem
+          return None, None
         if name not in graph.producers:
-          width = layer.units if type(layer) in DENSE else layer.filters
           graph.add_producer(
-              name, width,
-              "pointwise_kernel" if type(layer) in SEPARABLE else "kernel")
+              name, layer.units if call.kind == "dense" else layer.filters,
+              "pointwise_kernel" if call.kind == "separable" else "kernel")
         out_ids = graph.producers[name].ids
+        call.out_not_zero = problem
   if blocked and call.candidate:
     graph.skipped[name] = f"it is {blocked}"
   return out_ids, blocked
@@ -179,7 +182,8 @@ def _depthwise(call: Call):
 
 
 def _batchnorm(call: Call):
-  rank = call.ins[0].shape.rank if call.ins else None
+  shape = call.shape(call.ins[0]) if call.ins else None
+  rank = None if shape is None else len(shape)
   axes = list(np.atleast_1d(call.layer.axis))
   if not call.single or rank is None or axes not in ([-1], [rank - 1]):
     return None, f"normalizes over axis {call.layer.axis}, not the channel axis"
@@ -199,20 +203,41 @@ def _reshape(call: Call):
   if not call.single:
     return None, f"called on {len(call.ins)} tensors"
   if call.x_ids is not None and (target[-1] != call.x_width
-                                 or _width(call.outs[0]) != call.x_width):
+                                 or call.width(call.outs[0]) != call.x_width):
     return None, ("it reshapes the channel axis (a Reshape that hard-codes the "
                   "channel count)")
   call.register("reshape")
+  call.out_not_zero = call.x_not_zero
   return call.x_ids, None
 
 
 def _channelwise(call: Call):
-  if not call.single or not _channels_last(call.layer):
+  layer = call.layer
+  if not call.single or not _channels_last(layer):
     return None, "several inputs or channels_first data"
-  if type(call.layer) in _ELEMENTWISE and not _elementwise_ok(call.layer):
-    return None, "it does not map 0 to 0 channel by channel"
-  if call.x_width is not None and _width(call.outs[0]) != call.x_width:
+  if call.x_width is not None and call.width(call.outs[0]) != call.x_width:
     return None, "it changes the channel axis"
+  call.out_not_zero = call.x_not_zero
+  if call.kind in ("elementwise", "rescaling"):
+    elementwise, zero = elementwise_zero(call.access, layer)
+    if not elementwise or (call.kind == "rescaling" and (
+        np.ndim(layer.scale) or np.ndim(layer.offset))):
+      return None, "it does not map 0 to 0 channel by channel"
+    if not zero:
+      call.out_not_zero = call.out_not_zero or _not_zero_reason(call)
+  return call.x_ids, None
+
+
+def _scalar_op(call: Call):
+  """An element-wise operation with a constant (``x + 3.0``, ``x * (1 / 6)``)."""
+  zero_to_zero = call.access.scalar_op(call.layer, call.args, call.kwargs)
+  if zero_to_zero is None or not call.single:
+    return None, call.access.blocker_reason(call.layer)
+  if call.x_width is not None and call.width(call.outs[0]) != call.x_width:
+    return None, "it changes the channel axis"
+  call.out_not_zero = call.x_not_zero
+  if not zero_to_zero:
+    call.out_not_zero = call.out_not_zero or _not_zero_reason(call)
   return call.x_ids, None
 
 
@@ -221,21 +246,22 @@ def _flatten(call: Call):
     return None, "several inputs or channels_first data"
   if call.x_ids is None:
     return None, None
-  shape = call.ins[0].shape
+  shape = call.shape(call.ins[0])
   spatial = shape[1:-1]
   if any(d is None for d in spatial):
-    return None, f"its input shape {shape} is not fully known"
+    return None, f"its input shape {call.ins[0].shape} is not fully known"
   return np.tile(call.x_ids, int(np.prod(spatial, dtype=np.int64))), None
 
 
 def _concatenate(call: Call):
-  rank = call.outs[0].shape.rank
+  shape = call.shape(call.outs[0])
+  rank = None if shape is None else len(shape)
   if len(call.outs) != 1 or rank is None or call.layer.axis not in (-1, rank - 1):
     return None, f"it concatenates along axis {call.layer.axis}, not channels"
   parts = []
   for t, ids in zip(call.ins, call.in_ids):
     if ids is None:
-      w = _width(t)
+      w = call.width(t)
       if w is None:
         return None, f"input {t.name} has an unknown channel count"
       ids = np.zeros(w, np.int64)  # Channels no pruned layer makes: fixed.
@@ -244,10 +270,17 @@ def _concatenate(call: Call):
 
 
 def _join(call: Call):
-  widths = {_width(t) for t in call.ins}
+  """Add, Subtract, Multiply, ...: the joined tensors lose the same channels."""
+  widths = {call.width(t) for t in call.ins}
   if len(call.outs) != 1 or len(widths) != 1 or None in widths:
+    counts = sorted(map(str, widths))
+    if call.kind == "multiply":
+      return None, (f"it multiplies tensors of different or unknown channel "
+                    f"counts {counts}: only a gate with one value per channel "
+                    "(squeeze-and-excitation) can lose channels with the "
+                    "tensor it gates")
     return None, ("it joins tensors of different or unknown channel counts "
-                  f"{sorted(map(str, widths))}")
+                  f"{counts}")
   first = next(i for i in call.in_ids if i is not None)
   for ids in call.in_ids:
     if ids is None:
@@ -258,31 +291,40 @@ def _join(call: Call):
       call.graph.tie(first, ids)
   call.graph.record_join(call.name,
                          [i for i in call.in_ids if i is not None])
+  flowing = [(ids, nz) for ids, nz in zip(call.in_ids, call.not_zero)
+             if ids is not None]
+  if call.kind == "multiply" and any(nz is None for _, nz in flowing):
+    # A gating join: one factor is zero where channels are removed, so is the
+    # product, whatever the gate (not zero there) says.
+    call.out_not_zero = None
+  else:
+    call.out_not_zero = next((nz for _, nz in flowing if nz), None)
   return first, None
 
 
 def _unsupported(call: Call):
-  return None, _blocker_reason(call.layer)
+  return None, call.access.blocker_reason(call.layer)
 
 
-def _table(*rules: Tuple[Tuple[type, ...], Rule]) -> Dict[type, Rule]:
+def _table(*rules: Tuple[Tuple[str, ...], Rule]) -> Dict[str, Rule]:
   return {kind: rule for kinds, rule in rules for kind in kinds}
 
 
-# Exact layer type -> rule. These layers matter whether or not prunable
-# channels reach them (their own inputs are registered for the rebuild).
-RULES = _table((PRODUCER_TYPES, _producer), (DEPTHWISE, _depthwise),
-                ((_L.BatchNormalization,), _batchnorm), ((_L.PReLU,), _prelu),
-                ((_L.Reshape,), _reshape))
-# Rules for layers that prunable channels reach; any other type blocks them.
-FLOWING_RULES = _table((_PASSTHROUGH + _ELEMENTWISE, _channelwise),
-                        ((_L.Flatten,), _flatten),
-                        ((_L.Concatenate,), _concatenate), (_JOIN, _join))
+# Kind -> rule. These layers matter whether or not prunable channels reach them
+# (their own inputs are registered for the rebuild).
+RULES = _table((PRODUCER_KINDS, _producer), (("depthwise",), _depthwise),
+               (("batchnorm",), _batchnorm), (("prelu",), _prelu),
+               (("reshape",), _reshape))
+# Rules for layers that prunable channels reach; any other kind blocks them.
+FLOWING_RULES = _table(
+    (("passthrough", "elementwise", "rescaling"), _channelwise),
+    (("scalar_op",), _scalar_op), (("flatten",), _flatten),
+    (("concatenate",), _concatenate), (("join", "multiply"), _join))
 
 
-def rule_for(layer, channels_flow_in: bool) -> Optional[Rule]:
-  """The rule of ``layer``'s exact type; None if it plays no part here."""
-  rule = RULES.get(type(layer))
+def rule_for(kind: Optional[str], channels_flow_in: bool) -> Optional[Rule]:
+  """The rule of a layer ``kind``; None if it plays no part here."""
+  rule = RULES.get(kind)
   if rule is None and channels_flow_in:
-    rule = FLOWING_RULES.get(type(layer), _unsupported)
+    rule = FLOWING_RULES.get(kind, _unsupported)
   return rule

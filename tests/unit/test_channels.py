@@ -102,7 +102,30 @@ def misc_layers():
   return keras.Model(x, L.Dense(2, name="out")(L.Concatenate()([s1, s2])))
 
 
+def squeeze_excite(gate_filters=8):
+  """A squeeze-and-excitation block, then MobileNetV3's hard-swish (TF ops).
+
+  ``gate_filters=1``: a gate of one value per position, not per channel.
+  """
+  x = keras.Input((6, 6, 3))
+  y = L.Conv2D(8, 3, padding="same", name="c1")(x)
+  y = L.Activation("swish", name="act1")(L.BatchNormalization(name="bn1")(y))
+  s = L.GlobalAveragePooling2D(name="squeeze")(y)
+  s = L.Reshape((1, 1, 8), name="se_reshape")(s)
+  s = L.Conv2D(4, 1, activation="relu", name="se_reduce")(s)
+  if gate_filters == 1:
+    s = L.Conv2D(1, 1, activation="sigmoid", name="se_expand")(y)
+  else:
+    s = L.Conv2D(8, 1, activation="sigmoid", name="se_expand")(s)
+  y = L.Multiply(name="se_excite")([y, s])
+  y = L.Conv2D(6, 3, padding="same", name="c2")(y)
+  y = L.Multiply(name="hard_swish")([y, L.ReLU(6.0)(y + 3.0) * (1.0 / 6.0)])
+  y = L.GlobalAveragePooling2D(name="gap")(y)
+  return keras.Model(x, L.Dense(3, name="out")(y))
+
+
 MODELS = {
+    "squeeze_excite": squeeze_excite,
     "misc_layers": misc_layers,
     "sequential_cnn": sequential_cnn,
     "residual_concat": residual_concat,
@@ -162,6 +185,37 @@ def test_rebuild_matches_wide_model_with_channels_zeroed(name):
   assert channel_rebuild.count_macs(narrow) < channel_rebuild.count_macs(model)
   # The model passed in is never touched.
   np.testing.assert_allclose(model(x).numpy(), original)
+
+
+def test_squeeze_excite_gate_loses_its_unit_with_the_gated_channel():
+  model = build(squeeze_excite)
+  graph = channel_graph.analyze(model)
+  assert graph.prunable_layers() == ["c1", "se_reduce", "se_expand", "c2"]
+  assert ["c1", "se_expand"] in graph.components
+  assert not graph.partial and set(graph.skipped) == {"out"}
+  kept = channel_choice.select_channels(model, graph, 0.5)
+  np.testing.assert_array_equal(kept["c1"], kept["se_expand"])
+  narrow = channel_rebuild.rebuild_narrow(graph, kept)
+  assert narrow.get_layer("se_expand").kernel.shape == (1, 1, 2, 4)
+  assert narrow.get_layer("se_expand").bias.shape == (4,)
+  assert narrow.get_layer("se_reshape").target_shape == (1, 1, 4)
+
+
+def test_gate_that_is_not_per_channel_blocks_and_sigmoid_elsewhere_stays():
+  model = build(lambda: squeeze_excite(gate_filters=1))
+  graph = channel_graph.analyze(model)
+  assert "c1" in graph.skipped and "se_expand" in graph.skipped
+  assert ("Multiply layer 'se_excite', which the rebuild cannot follow (it "
+          "multiplies tensors of different or unknown channel counts "
+          "['1', '8']: only a gate with one value per channel") in graph.skipped["c1"]
+  # A sigmoid that gates nothing keeps its channels, for that reason.
+  x = keras.Input((6,))
+  g = L.Dense(4, activation="sigmoid", name="g")(x)
+  h = L.Dense(4, activation="relu", name="h")(L.Add(name="add")([g, L.Dense(4, name="k")(x)]))
+  graph = channel_graph.analyze(keras.Model(x, L.Dense(2, name="o")(h)))
+  assert graph.prunable_layers() == ["h"]
+  assert graph.skipped["g"] == ("its activation 'sigmoid' does not map 0 to 0, "
+                                "so a removed channel would not be zero")
 
 
 def test_joined_tensors_lose_the_same_channels():
