@@ -1,6 +1,7 @@
 """TFX components that prune, quantize and gate a trained Keras model.
 
     from tfx_compression import Pruner, Quantizer, CompressionEvaluator, add_compression
+    from tfx_compression import CompressionPlanner   # searches a compression plan
 
 The repository keeps its code in the top-level folders ``components/`` and
 ``pipelines/``; they are installed as ``tfx_compression.components`` and
@@ -18,10 +19,12 @@ _EXPORTS = {
     "Pruner": "tfx_compression.components",
     "Quantizer": "tfx_compression.components",
     "CompressionEvaluator": "tfx_compression.components",
+    "CompressionPlanner": "tfx_compression.components",
     "add_compression": "tfx_compression.pipelines.compression",
 }
 
-__all__ = ["Pruner", "Quantizer", "CompressionEvaluator", "add_compression"]
+__all__ = ["Pruner", "Quantizer", "CompressionEvaluator", "CompressionPlanner",
+           "add_compression"]
 
 
 def __getattr__(name):

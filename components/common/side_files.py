@@ -9,6 +9,10 @@
 * ``tflite_io.json``, beside the Quantizer's ``model.tflite``
   (``Format-Serving/``): the TFLite model's inputs and outputs and how a device
   packs them.
+* ``plan.json``, at the root of the CompressionPlanner's Model artifact: every
+  candidate of the plan search (structure, sparsity, mode, metric, sizes,
+  latency, passed or why not), the baseline's figures and the chosen index.
+  The CompressionEvaluator draws its Pareto front.
 
 Readers return None when the file is not there (the step that writes it did
 not run in that mode) and raise :class:`SideFileError` when it is there but is
@@ -27,6 +31,7 @@ from tfx_compression.components.common import model_io
 
 PRUNING_SEARCH = "pruning_search.json"
 TFLITE_IO = "tflite_io.json"
+PLAN = "plan.json"
 # The custom property (a URI) by which a Model artifact made from another model
 # names it: the Quantizer's output names the Pruner's (or the Trainer's) model.
 SOURCE_MODEL_PROPERTY = "source_model"
@@ -75,6 +80,17 @@ def read_pruning_search(model_uri: str, source_uri: Optional[str] = None
 def write_pruning_search(model_dir: str, curve: Any) -> None:
   """Writes the curve at the root of a Model artifact's directory."""
   _write_json(os.path.join(model_dir, PRUNING_SEARCH), curve)
+
+
+def read_plan(model_uri: str) -> Optional[Dict[str, Any]]:
+  """The plan a CompressionPlanner output carries at its root, or None."""
+  return read_json([os.path.join(model_uri, PLAN)])
+
+
+def write_plan(model_dir: str, plan: Any) -> None:
+  """Writes the plan at the root of a Model artifact's directory (outside
+  Format-Serving, which the Pusher pushes)."""
+  _write_json(os.path.join(model_dir, PLAN), plan)
 
 
 def tflite_io_path(tflite_path: str) -> str:

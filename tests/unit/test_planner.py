@@ -1,0 +1,205 @@
+"""The compression plan search: config rules, the choice, the emitted bytes, the cost."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfx_compression.components.compression_evaluator import predictors
+from tfx_compression.components.compression_planner import config as config_lib
+from tfx_compression.components.compression_planner import planning
+from tfx_compression.components.quantizer import quantization
+from tests import fixtures
+
+LOSS = "sparse_categorical_crossentropy"
+
+
+def data(n=256, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, 16)).astype(np.float32)
+  y = (x[:, :4].argmax(axis=1)).astype(np.int64)
+  return tf.data.Dataset.from_tensor_slices(({"x": x}, y)).batch(32)
+
+
+@pytest.fixture(scope="module")
+def model():
+  m = fixtures.tiny_model()
+  m.compile("adam", LOSS)
+  m.fit(data().repeat(), steps_per_epoch=300, verbose=0)
+  return m
+
+
+def cfg(**kw):
+  base = dict(label_key="y", max_drop=0.1, sparsities="0.3,0.5,0.7",
+              search_steps=10, finetune_steps=2, quantization_modes="int8,float16",
+              latency_samples=5, num_representative_samples=32)
+  base.update(kw)
+  return config_lib.PlannerConfig(**base)
+
+
+# The config.
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    (dict(structures="channels,stripes"), ValueError,
+     r"`structures`='channels,stripes': 'stripes' is not a structure\. Use "
+     r"'channels', 'unstructured', an M:N block"),
+    (dict(quantization_modes="int8,int4"), ValueError,
+     r"`quantization_modes`='int8,int4': 'int4' is not a mode .* subset of "
+     r"int8, float16, dynamic, none"),
+    (dict(quantization_modes=""), ValueError, r"lists no mode"),
+    (dict(objective="accuracy"), ValueError,
+     r"`objective`='accuracy' is not one of \('size', 'gzip_size', "
+     r"'latency'\)"),
+    (dict(objective="latency", latency_samples=0), ValueError,
+     r"`latency_samples`=0 but objective='latency'"),
+    (dict(max_drop=None), ValueError, r"at least one of `max_drop`"),
+    (dict(sparsities="0.5,0.4"), ValueError, r"must rise strictly"),
+    (dict(search_steps=0), ValueError, r"`search_steps`=0 must be >= 1"),
+    (dict(search_steps=1.5), TypeError, r"`search_steps` must be an integer"),
+    (dict(pack_inputs=2), ValueError, r"`pack_inputs`=2 must be 0 or 1"),
+    (dict(structures=3), TypeError, r"`structures` must be a comma-separated"),
+])
+def test_config_names_parameter_value_and_what_is_allowed(kw, error, match):
+  with pytest.raises(error, match=match):
+    cfg(**kw)
+
+
+def test_config_orders_channels_first_and_normalizes():
+  c = cfg(structures=["unstructured", "2:4", "Channels+Unstructured",
+                      "channels"], quantization_modes="NONE,int8")
+  assert c.structures == ("channels", "channels+unstructured", "2:4",
+                          "unstructured")
+  assert c.quantization_modes == ("none", "int8")
+  assert c.tflite_modes == ("int8",)
+  assert c.pruner_config("channels+unstructured").sparsity_structure == (
+      "unstructured")
+
+
+# The choice.
+
+
+def cand(index, raw, metric, passed=True, gzip=100, latency=1.0):
+  return planning.Candidate(
+      index=index, structure="channels", sparsity=0.5, mode="int8",
+      kind="tflite", packed=False, metric=metric, passed=passed,
+      why_not=None if passed else "failed", raw_bytes=raw, gzip_bytes=gzip,
+      latency_us=latency, sha256=None, weight_sparsity=None, file=None)
+
+
+def test_choice_is_the_smallest_passing_ties_to_the_better_metric():
+  cands = [cand(0, 500, 0.95), cand(1, 100, 0.90, passed=False),
+           cand(2, 300, 0.93), cand(3, 300, 0.94), cand(4, 300, 0.94)]
+  assert planning.choose(cands, "size", higher_is_better=True).index == 3
+  # Lower-is-better metric: the tie goes to the smaller value.
+  assert planning.choose(cands, "size", higher_is_better=False).index == 2
+  # Equal latencies: the best metric among the passing wins.
+  assert planning.choose(cands, "latency", True).index == 0
+  assert planning.choose([cands[1]], "size", True) is None
+
+
+# The search, on a tiny model.
+
+
+class CountingStage:
+  """Runs the real pruning step and counts its fine-tuning steps."""
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, strategy, current, train_ds, config, sparsity, state,
+               **kw):
+    self.calls.append((config.sparsity_structure, sparsity,
+                       config.stage_steps()))
+    return planning._stage(strategy, current, train_ds, config, sparsity,
+                           state, **kw)
+
+
+@pytest.fixture(scope="module")
+def counted_plan(model, tmp_path_factory):
+  stage = CountingStage()
+  conversions = []
+  real = quantization.quantize
+
+  def counting_quantize(m, config, **kw):
+    conversions.append(config.quantization)
+    return real(m, config, **kw)
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(quantization, "quantize", counting_quantize)
+    plan = planning.search_plan(
+        model, data().repeat(), data(seed=1),
+        cfg(structures="channels,unstructured", objective="gzip_size",
+            sparsities="0.3,0.6"),
+        loss=LOSS, work_dir=str(tmp_path_factory.mktemp("plan")),
+        stage_fn=stage)
+  return plan, stage.calls, conversions
+
+
+def test_chosen_is_the_best_passing_candidate_of_the_plan(counted_plan):
+  plan, _, _ = counted_plan
+  data_ = plan.to_dict()
+  passing = [c for c in data_["candidates"] if c["passed"]]
+  assert passing and len(passing) < len(data_["candidates"]) + 1
+  best = min(c["gzip_bytes"] for c in passing)
+  chosen = data_["candidates"][data_["chosen_index"]]
+  assert chosen["passed"] and chosen["gzip_bytes"] == best
+  assert max(c["metric"] for c in passing if c["gzip_bytes"] == best) == (
+      chosen["metric"])
+  # A failing candidate is never the chosen one, whatever its size.
+  for c in data_["candidates"]:
+    assert c["passed"] == (c["why_not"] is None)
+
+
+def test_chosen_file_is_the_measured_bytes(counted_plan):
+  plan, _, _ = counted_plan
+  chosen = plan.chosen
+  with open(chosen.file, "rb") as f:
+    content = f.read()
+  assert hashlib.sha256(content).hexdigest() == chosen.sha256
+  assert len(content) == chosen.raw_bytes
+  # Measuring that file again gives the recorded metric.
+  pred = predictors.TFLitePredictor(model_content=content,
+                                    io=plan.ios[chosen.index])
+  metrics, _ = planning.metrics_of(pred.predict, data(seed=1),
+                                   "probabilities")
+  assert metrics["accuracy"] == chosen.metric
+
+
+def test_cost_grows_with_steps_plus_modes_not_their_product(counted_plan):
+  plan, calls, conversions = counted_plan
+  # One fine-tuning per step tried, of search_steps each, whatever the modes.
+  assert [(s, sp) for s, sp, _ in calls] == [
+      (s.structure, s.sparsity) for s in plan.steps]
+  assert sum(n for _, _, n in calls) == len(plan.steps) * 10
+  # Each structure stops at its first failing step.
+  for structure in ("channels", "unstructured"):
+    passed = [s.passed for s in plan.steps if s.structure == structure]
+    assert passed and all(passed[:-1])
+  # One conversion per passing step (and the unpruned model) and mode.
+  passing_steps = sum(s.passed for s in plan.steps)
+  assert len(conversions) == (passing_steps + 1) * 2
+  assert sorted(set(conversions)) == ["float16", "int8"]
+
+
+def test_size_objective_skips_a_structure_that_cannot_be_smaller(model,
+                                                                 tmp_path):
+  stage = CountingStage()
+  plan = planning.search_plan(model, data().repeat(), data(seed=1),
+                              cfg(structures="unstructured,2:4"), loss=LOSS,
+                              work_dir=str(tmp_path), stage_fn=stage)
+  assert stage.calls == []  # no fine-tuning at all
+  assert [s["structure"] for s in plan.skipped] == ["2:4", "unstructured"]
+  assert "dense" in plan.skipped[0]["why"]
+  assert plan.chosen.structure == "none"
+
+
+def test_no_passing_candidate_names_the_best_figures(model, tmp_path):
+  with pytest.raises(planning.PlanError,
+                     match=r"No compression plan passes the gate .* the best "
+                           r"candidate, none 0 (int8|float16), has accuracy "
+                           r"0\.\d{4} against the baseline's 0\.\d{4}"):
+    planning.search_plan(model, data().repeat(), data(seed=1),
+                         cfg(structures="", min_value=0.999, max_drop=None),
+                         loss=LOSS, work_dir=str(tmp_path))
