@@ -60,6 +60,34 @@ def residual_model(seed: int = 0):
   return model
 
 
+def squeeze_excite(gate_filters=8, seed=0):
+  """An SE block (sigmoid gate), then an SE block gated by MobileNetV3's
+  hard-sigmoid written with Keras operations (relu6(x + 3) * (1 / 6)).
+
+  ``gate_filters=1``: the first gate has one value per position, not per channel.
+  """
+  keras.utils.set_random_seed(seed)
+  L = keras.layers
+  inputs = keras.Input(shape=(6, 6, 3), name="image")
+  y = L.Conv2D(8, 3, padding="same", name="c1")(inputs)
+  y = L.Activation("swish", name="act1")(L.BatchNormalization(name="bn1")(y))
+  s = L.Reshape((1, 1, 8), name="se_reshape")(L.GlobalAveragePooling2D()(y))
+  s = L.Conv2D(4, 1, activation="relu", name="se_reduce")(s)
+  if gate_filters == 1:
+    s = L.Conv2D(1, 1, activation="sigmoid", name="se_expand")(y)
+  else:
+    s = L.Conv2D(8, 1, activation="sigmoid", name="se_expand")(s)
+  y = L.Multiply(name="se_excite")([y, s])
+  y = L.Conv2D(6, 3, padding="same", activation="hard_swish", name="c2")(y)
+  g = L.GlobalAveragePooling2D(keepdims=True, name="pool2")(y)
+  g = L.Conv2D(6, 1, name="gate2")(L.Conv2D(3, 1, activation="relu",
+                                            name="reduce2")(g))
+  g = L.ReLU(6.0)(g + 3.0) * (1.0 / 6.0)
+  y = L.Multiply(name="excite2")([y, g])
+  y = L.GlobalAveragePooling2D(name="gap")(y)
+  return keras.Model(inputs, L.Dense(3, name="logits")(y), name="se")
+
+
 def _demo_inputs(n=16, seed=0):
   x = np.random.default_rng(seed).integers(0, 17, size=(n, 64)).astype(np.float32)
   return {f: x[:, i:i + 1] for i, f in enumerate(FEATURES)}
@@ -102,6 +130,29 @@ def test_residual_batchnorm_concatenate_exact_rebuild():
   assert graph.prunable_layers() == ["a", "b", "c", "sep", "d1"]
   assert narrow.get_layer("dw").kernel.shape == (3, 3, 4 + 2, 2)
   assert narrow.get_layer("a_bn").gamma.shape == (4,)
+
+
+def test_squeeze_excite_exact_rebuild_through_the_gates():
+  model = squeeze_excite()
+  x = np.random.default_rng(1).normal(size=(4, 6, 6, 3)).astype(np.float32)
+  graph, kept, narrow = assert_exact_rebuild(model, x, 0.5)
+  assert graph.prunable_layers() == ["c1", "se_reduce", "se_expand", "c2",
+                                     "reduce2", "gate2"]
+  assert ["c1", "se_expand"] in graph.components
+  assert ["c2", "gate2"] in graph.components
+  assert set(graph.skipped) == {"logits"} and not graph.partial
+  np.testing.assert_array_equal(kept["c2"], kept["gate2"])
+  assert narrow.get_layer("se_expand").kernel.shape == (1, 1, 2, 4)
+  assert narrow.get_layer("gate2").bias.shape == (3,)
+
+
+def test_gate_that_is_not_per_channel_blocks():
+  graph = kc.analyze(squeeze_excite(gate_filters=1))
+  assert "c1" in graph.skipped and "se_expand" in graph.skipped
+  assert ("Multiply layer 'se_excite', which the rebuild cannot follow (it "
+          "multiplies tensors of different or unknown channel counts "
+          "['1', '8']: only a gate with one value per channel"
+          ) in graph.skipped["c1"]
 
 
 def test_global_ranking_exact_rebuild_and_sequential():
