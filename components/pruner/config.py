@@ -341,18 +341,8 @@ class PrunerConfig:
     resolve_schedule(self.stage_steps())
 
   def _validate_distillation(self):
-    w, t = self.distillation_weight, self.distillation_temperature
-    if not 0.0 <= w <= 1.0:
-      raise ValueError(
-          f"`distillation_weight`={w!r} is outside [0, 1]: it is the share of "
-          "the loss taken by matching the input model's outputs (0 = plain "
-          "fine-tuning, 1 = distillation only). Use e.g. 0.5, or 0 to turn "
-          "distillation off.")
-    if not 0.0 < t <= 100.0:
-      raise ValueError(
-          f"`distillation_temperature`={t!r} is outside (0, 100]: it divides "
-          "both models' logits before the KL term (1 = as they are, higher = "
-          "softer). Use e.g. 2.0.")
+    w = self.distillation_weight
+    checks.check_distillation(w, self.distillation_temperature)
     if w > 0 and self.is_search:
       raise ValueError(
           f"`distillation_weight`={w!r} is not available with the pruning "

@@ -44,6 +44,10 @@ ALLOW_SELECT_OPS_KEY = "allow_select_ops"
 PACK_INPUTS_KEY = "pack_inputs"
 TRAIN_SPLIT_KEY = "train_split"
 MODULE_FILE_KEY = "module_file"
+DISTILLATION_WEIGHT_KEY = "distillation_weight"
+DISTILLATION_TEMPERATURE_KEY = "distillation_temperature"
+_FLOAT = (LEARNING_RATE_KEY, DISTILLATION_WEIGHT_KEY,
+          DISTILLATION_TEMPERATURE_KEY)
 
 
 class QuantizerSpec(types.ComponentSpec):
@@ -63,6 +67,9 @@ class QuantizerSpec(types.ComponentSpec):
       PACK_INPUTS_KEY: ExecutionParameter(type=int, optional=True),
       TRAIN_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
       MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
+      DISTILLATION_WEIGHT_KEY: ExecutionParameter(type=float, optional=True),
+      DISTILLATION_TEMPERATURE_KEY: ExecutionParameter(type=float,
+                                                       optional=True),
   }
   INPUTS = {
       MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
@@ -107,7 +114,9 @@ class Quantizer(base_component.BaseComponent):
                allow_select_ops: Union[int, Any] = 0,
                pack_inputs: Union[int, Any] = 0,
                train_split: Union[str, Any] = "train",
-               module_file: Optional[Union[str, Any]] = None):
+               module_file: Optional[Union[str, Any]] = None,
+               distillation_weight: Union[float, Any] = 0.0,
+               distillation_temperature: Union[float, Any] = 2.0):
     """Checks the parameters and wires the channels.
 
     Args:
@@ -130,13 +139,14 @@ class Quantizer(base_component.BaseComponent):
         order is in tflite_io.json.
       train_split: the split for calibration and fine-tuning.
       module_file: a Python file defining ``custom_objects`` for custom layers.
+      distillation_weight, distillation_temperature: 'qat' fine-tunes towards
+        the input model's outputs too (w in [0, 1], 0 = off; T in (0, 100]),
+        as the Pruner does; see components/common/distillation.py.
 
     Raises:
       TypeError, ValueError: a bad parameter, or Examples missing for a mode
         that needs them; the message names the parameter and what to do.
     """
-    if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
-      learning_rate = float(learning_rate)
     if isinstance(allow_select_ops, bool):
       allow_select_ops = int(allow_select_ops)
     if isinstance(pack_inputs, bool):
@@ -154,7 +164,13 @@ class Quantizer(base_component.BaseComponent):
         PACK_INPUTS_KEY: pack_inputs,
         TRAIN_SPLIT_KEY: train_split,
         MODULE_FILE_KEY: module_file,
+        DISTILLATION_WEIGHT_KEY: distillation_weight,
+        DISTILLATION_TEMPERATURE_KEY: distillation_temperature,
     }
+    # Ints are valid floats: TFX checks the declared type strictly.
+    for key in _FLOAT:
+      if isinstance(params[key], int) and not isinstance(params[key], bool):
+        params[key] = float(params[key])
     config = _check_parameters(artifacts.concrete(params))
     if config is not None:
       config.require_examples(examples is not None,

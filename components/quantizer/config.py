@@ -13,6 +13,8 @@ import dataclasses
 import math
 from typing import Any, Dict, Mapping, Optional
 
+from tfx_compression.components.common import checks
+
 MODES = ("dynamic", "float16", "int8", "int16x8", "qat")
 # Modes that need the pipeline's Examples: calibration data and/or fine-tuning.
 DATA_MODES = ("int8", "int16x8", "qat")
@@ -67,6 +69,12 @@ class QuantizerConfig:
     train_split: the Examples split used for calibration and fine-tuning.
     module_file: optional Python file defining ``custom_objects`` for models
       with custom layers.
+    distillation_weight: w in [0, 1] ('qat' only): fine-tune on (1 - w) *
+      task loss + w * T^2 * KL(teacher || student), the teacher being the
+      input model, frozen (common/distillation.py). 0 (default) is plain QAT,
+      bit for bit.
+    distillation_temperature: T in (0, 100], the softening temperature of
+      both models' outputs in the KL term.
 
   Raises on construction:
     TypeError: a parameter has the wrong type.
@@ -85,6 +93,8 @@ class QuantizerConfig:
   pack_inputs: int = 0
   train_split: str = "train"
   module_file: Optional[str] = None
+  distillation_weight: float = 0.0
+  distillation_temperature: float = 2.0
 
   def __post_init__(self):
     mode = self.quantization
@@ -160,6 +170,26 @@ class QuantizerConfig:
         not isinstance(self.module_file, str) or not self.module_file):
       raise TypeError(f"`module_file` must be a path to a Python file, got "
                       f"{self.module_file!r}.")
+    self._validate_distillation(mode)
+
+  def _validate_distillation(self, mode: str) -> None:
+    # The Pruner's rules and wording (common/checks.py), then the mode.
+    checks.check_distillation(self.distillation_weight,
+                              self.distillation_temperature)
+    w = float(self.distillation_weight)
+    object.__setattr__(self, "distillation_weight", w)
+    object.__setattr__(self, "distillation_temperature",
+                       float(self.distillation_temperature))
+    if w > 0 and mode != "qat":
+      raise ValueError(
+          f"`distillation_weight`={w!r} needs quantization='qat', the only "
+          f"mode that fine-tunes; quantization={mode!r} trains nothing. Set "
+          "distillation_weight=0, or use quantization='qat'.")
+
+  @property
+  def distills(self) -> bool:
+    """True when QAT distills from the input model."""
+    return self.distillation_weight > 0
 
   @property
   def needs_examples(self) -> bool:

@@ -26,6 +26,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from tfx_compression.components.common import distillation
 from tfx_compression.components.common import features as features_lib
 from tfx_compression.components.common import keras_env
 from tfx_compression.components.common import model_stats
@@ -254,8 +255,11 @@ def _quantization_aware_model(model, config: QuantizerConfig, train_data,
   qat_model = tfmot.quantization.keras.quantize_apply(annotated, scheme)
 
   loss, loss_name = _loss_for(model, qat_model, train_data)
+  train_loss = loss
+  if config.distills:
+    train_loss, train_data = _with_teacher(base, loss, train_data, config)
   qat_model.compile(
-      optimizer=tf_keras.optimizers.Adam(config.learning_rate), loss=loss)
+      optimizer=tf_keras.optimizers.Adam(config.learning_rate), loss=train_loss)
   logging.info("QAT: %d annotated layer(s) %s, scheme %s, %d steps, loss %s.",
                len(annotated_layers), annotated_layers,
                type(scheme).__name__, config.qat_steps, loss_name)
@@ -263,12 +267,36 @@ def _quantization_aware_model(model, config: QuantizerConfig, train_data,
                           epochs=1, verbose=0)
   losses = history.history.get("loss") or [float("nan")]
   _check_finite_qat(qat_model, losses[-1], config)
-  return qat_model, {
+  stats = {
       "qat_scheme": "prune_preserve" if preserve else "default_8bit",
       "qat_loss": loss_name,
       "qat_final_loss": float(losses[-1]),
       "qat_annotated_layers": ",".join(annotated_layers),
   }
+  if config.distills:
+    stats.update(qat_distillation_weight=config.distillation_weight,
+                 qat_distillation_temperature=config.distillation_temperature)
+  return qat_model, stats
+
+
+def _with_teacher(base, loss, train_data, config: QuantizerConfig):
+  """(the distillation loss, train batches carrying the teacher's outputs).
+
+  The teacher is a frozen copy of the input model (pruning wrappers
+  stripped), run in inference mode; the input model itself is not touched.
+  """
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  if not isinstance(train_data, tf.data.Dataset):
+    raise TypeError(
+        f"`distillation_weight`={config.distillation_weight!r} needs the QAT "
+        "train data as a tf.data.Dataset of (features, label) batches, got "
+        f"{type(train_data).__name__}. Pass a Dataset, or set "
+        "distillation_weight=0.")
+  teacher = tf_keras.models.clone_model(base)
+  teacher.set_weights(base.get_weights())
+  return distillation.for_model(
+      base, teacher, loss, train_data, weight=config.distillation_weight,
+      temperature=config.distillation_temperature)
 
 
 def _check_finite_qat(qat_model, loss: float, config: QuantizerConfig) -> None:
@@ -356,7 +384,8 @@ def example_data(file_patterns: Sequence[str], schema, model,
     batches (else None).
 
   Raises:
-    DataError: the split is empty, or features/label do not fit the model.
+    DataError: the split is empty, features/label do not fit the model, or
+      (for 'qat') examples have no label.
   """
   label_key = config.label_key or _any_raw_feature(schema, transform_output_dir)
   decoder = features_lib.ExampleDecoder(
@@ -368,6 +397,9 @@ def example_data(file_patterns: Sequence[str], schema, model,
           config.num_representative_samples)
   train = None
   if config.quantization == "qat":
+    # An example without a label would train towards a made-up class: refuse
+    # it in one line naming `label_key`, as the Pruner and the evaluator do.
+    decoder.require_labels(file_patterns, config.train_split)
     train = decoder.dataset(file_patterns, batch_size=config.batch_size,
                             shuffle=True, seed=config.seed, num_epochs=None,
                             split=config.train_split)

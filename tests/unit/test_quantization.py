@@ -147,6 +147,34 @@ class TestConfig:
         {"quantization": "int8", "label_key": None, "seed": 3, "other": 1})
     assert (c.quantization, c.label_key, c.seed) == ("int8", None, 3)
 
+  @pytest.mark.parametrize("name, value, allowed", [
+      ("distillation_weight", -0.1, "outside [0, 1]"),
+      ("distillation_weight", 1.5, "outside [0, 1]"),
+      ("distillation_temperature", 0.0, "outside (0, 100]"),
+      ("distillation_temperature", 500.0, "outside (0, 100]"),
+  ])
+  def test_distillation_checked_as_the_pruner_does(self, name, value, allowed):
+    from tfx_compression.components.pruner.config import PrunerConfig  # pylint: disable=g-import-not-at-top
+    with pytest.raises(ValueError) as quantizer_error:
+      QuantizerConfig(quantization="qat", label_key="y", **{name: value})
+    with pytest.raises(ValueError) as pruner_error:
+      PrunerConfig(**{name: value})
+    assert f"`{name}`={value!r} is {allowed}" in str(quantizer_error.value)
+    assert str(quantizer_error.value) == str(pruner_error.value)
+
+  def test_distillation_weight_type_and_mode(self):
+    with pytest.raises(TypeError, match=r"`distillation_weight` must be a number"):
+      QuantizerConfig(quantization="qat", label_key="y", distillation_weight="1")
+    with pytest.raises(ValueError, match=r"`distillation_weight`=0.5 needs "
+                       r"quantization='qat'.*quantization='int8' trains nothing"):
+      QuantizerConfig(quantization="int8", distillation_weight=0.5)
+    off = QuantizerConfig(quantization="int8", distillation_weight=0)
+    on = QuantizerConfig.from_parameters(
+        {"quantization": "qat", "label_key": "y", "distillation_weight": 1,
+         "distillation_temperature": 4})
+    assert (off.distills, on.distills) == (False, True)
+    assert (on.distillation_weight, on.distillation_temperature) == (1.0, 4.0)
+
 
 # ------------------------------------------------------------ tiny-model rules
 
@@ -246,6 +274,85 @@ class TestTinyModel:
     assert np.isfinite(result.stats["qat_final_loss"])
     assert list(model.layers) == layers
     fixtures.assert_same_weights(before, model.get_weights())
+
+
+class TestQatDistillation:
+  """QAT towards the frozen input model (common/distillation.py)."""
+
+  @staticmethod
+  def _qat(model, **kw):
+    config = QuantizerConfig(quantization="qat", label_key="y", qat_steps=4,
+                             batch_size=8, num_representative_samples=16, **kw)
+    qat_model, stats = quantization._quantization_aware_model(  # pylint: disable=protected-access
+        model, config, tiny_dataset(repeat=True), input_sparsity=0.0)
+    return qat_model.get_weights(), stats
+
+  def test_weight_zero_is_todays_qat_bit_for_bit(self, monkeypatch):
+    plain, plain_stats = self._qat(tiny_model())
+
+    def no_teacher(*args, **kwargs):
+      raise AssertionError("weight 0 built a teacher")
+    # Off means off: no teacher copy, no extra forward pass per batch.
+    monkeypatch.setattr(quantization.distillation, "for_model", no_teacher)
+    zero, zero_stats = self._qat(tiny_model(), distillation_weight=0.0,
+                                 distillation_temperature=4.0)
+    fixtures.assert_same_weights(plain, zero)
+    assert plain_stats == zero_stats
+
+  def test_positive_weight_distills_and_leaves_the_input_alone(self):
+    model = tiny_model()
+    before = [w.copy() for w in model.get_weights()]
+    plain, _ = self._qat(model)
+    distilled, stats = self._qat(model, distillation_weight=0.7,
+                                 distillation_temperature=3.0)
+    assert len(plain) == len(distilled)
+    assert any(not np.array_equal(a, b) for a, b in zip(plain, distilled))
+    assert np.isfinite(stats["qat_final_loss"])
+    assert (stats["qat_distillation_weight"],
+            stats["qat_distillation_temperature"]) == (0.7, 3.0)
+    fixtures.assert_same_weights(before, model.get_weights())
+    assert model.trainable  # the teacher frozen was a copy
+
+  def test_quantize_with_distillation_converts(self):
+    config = QuantizerConfig(quantization="qat", label_key="y", qat_steps=3,
+                             batch_size=8, num_representative_samples=16,
+                             distillation_weight=0.5)
+    result = quantization.quantize(tiny_model(), config, tiny_dataset(),
+                                   tiny_dataset(repeat=True),
+                                   measure_float=False)
+    assert result.stats["qat_distillation_weight"] == 0.5
+    assert result.tflite_model
+
+
+def _write_missing_label_examples(path: str, n: int = 12) -> None:
+  with tf.io.TFRecordWriter(path) as w:
+    for i in range(n):
+      feats = {k: tf.train.Feature(float_list=tf.train.FloatList(value=[i]))
+               for k in ("a", "b", "c")}
+      if i % 2:  # every other example has no label
+        feats["y"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))
+      w.write(tf.train.Example(features=tf.train.Features(
+          feature=feats)).SerializeToString())
+
+
+def test_qat_refuses_examples_without_a_label_in_one_line(tmp_path):
+  from tensorflow_transform.tf_metadata import schema_utils  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "train.tfrecord")
+  _write_missing_label_examples(path)
+  spec = {k: tf.io.FixedLenFeature([1], tf.float32) for k in ("a", "b", "c")}
+  spec["y"] = tf.io.VarLenFeature(tf.int64)  # SchemaGen on empty label cells
+  schema = schema_utils.schema_from_feature_spec(spec)
+  qat = QuantizerConfig(quantization="qat", label_key="y",
+                        num_representative_samples=4)
+  with pytest.raises(features.DataError,
+                     match=r"^6 of 12 examples of the 'train' split have no "
+                     r"value for `label_key`='y'.*Drop or label those rows"):
+    quantization.example_data([path], schema, tiny_model(), qat)
+  # Calibration reads no label: int8 on the same examples is fine.
+  representative, train = quantization.example_data(
+      [path], schema, tiny_model(), QuantizerConfig(
+          quantization="int8", label_key="y", num_representative_samples=4))
+  assert train is None and len(list(representative)) == 4
 
 
 def matrix_inverse_model() -> keras.Model:
