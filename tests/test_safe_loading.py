@@ -150,10 +150,8 @@ def test_code_is_imported_only_from_the_users_module_file():
             f"{path}:{node.lineno} imports code in "
             f"{function.name if function else 'module scope'}, which does not "
             "take `module_file`: only the user's declared module may be run.")
-  # The three components' module_file loaders, and nothing else.
-  assert {p for p, _, _ in sites} == {
-      "components/pruner/inputs.py", "components/quantizer/executor.py",
-      "components/compression_evaluator/predictors.py"}, sites
+  # The one module_file loader the three components share, and nothing else.
+  assert {p for p, _, _ in sites} == {"components/common/user_module.py"}, sites
 
 
 def test_loading_runs_in_keras_safe_mode(tmp_path, monkeypatch):

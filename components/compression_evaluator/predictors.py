@@ -13,7 +13,6 @@ Example:
 
 import collections
 import dataclasses
-import importlib.util
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
@@ -24,6 +23,7 @@ from tfx_compression.components.common import model_io
 from tfx_compression.components.common import tflite_runtime
 from tfx_compression.components.common import tflite_convert
 from tfx_compression.components.common import tflite_packing
+from tfx_compression.components.common import user_module
 
 # The models or the data cannot be compared; no blessing is written. One class
 # with the shared metrics' error, so callers catch either name.
@@ -34,26 +34,9 @@ def load_custom_objects(module_file: Optional[str]) -> Optional[Dict[str, Any]]:
   """``custom_objects`` from a user module (a dict, or a function returning one)."""
   if not module_file:
     return None
-  spec = importlib.util.spec_from_file_location("user_module", module_file)
-  if spec is None or spec.loader is None:
-    raise EvaluationError(f"`module_file`={module_file!r} is not a Python file "
-                          "that can be imported.")
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-  except (ImportError, OSError) as e:
-    raise EvaluationError(f"`module_file`={module_file!r} could not be "
-                          f"imported: {e}. Give the path of a Python file "
-                          "the step can read.") from e
-  objects = getattr(module, "custom_objects", None)
-  if callable(objects):
-    objects = objects()
-  if objects is not None and not isinstance(objects, dict):
-    raise EvaluationError(
-        f"`module_file`={module_file!r} defines `custom_objects` as "
-        f"{type(objects).__name__}; it must be a dict (or a function returning "
-        "one) of name -> Keras class or function.")
-  return objects
+  objects = user_module.load(module_file, ("custom_objects",),
+                             error=EvaluationError)["custom_objects"]
+  return user_module.custom_objects(objects, module_file, error=EvaluationError)
 
 
 def _single_output(out: Any, what: str) -> Any:

@@ -15,10 +15,10 @@ from typing import Any, List, Optional
 
 import tensorflow as tf
 import tf_keras
-from tfx.utils import import_utils
 
 from tfx_compression.components.common import artifacts
 from tfx_compression.components.common import features
+from tfx_compression.components.common import user_module as user_module_lib
 
 _SAMPLE_EXAMPLES = 8
 
@@ -77,27 +77,13 @@ def user_module(module_file: Optional[str]):
   """(input_fn or None, custom_objects or None) from the user's module file."""
   if not module_file:
     return None, None
-  found = {}
-  for name in ("input_fn", "custom_objects"):
-    try:
-      found[name] = import_utils.import_func_from_source(module_file, name)
-    except AttributeError:
-      found[name] = None
-    except (ImportError, OSError) as e:
-      # TFX reports a missing file as "input_fn ... not found": say which
-      # parameter is wrong instead.
-      raise ValueError(f"`module_file`={module_file!r} could not be imported: "
-                       f"{e}. Give the path of a Python file the step can "
-                       "read.") from e
+  found = user_module_lib.load(module_file, ("input_fn", "custom_objects"))
   if found["input_fn"] is None and found["custom_objects"] is None:
     raise ValueError(
         f"`module_file`={module_file!r} defines neither `input_fn` nor "
         "`custom_objects`; the Pruner uses only those two names.")
-  custom_objects = found["custom_objects"]
-  if custom_objects is not None and not isinstance(custom_objects, dict):
-    raise TypeError(f"`custom_objects` in {module_file!r} must be a dict of "
-                    f"name -> class or function, got {type(custom_objects)}.")
-  return found["input_fn"], custom_objects
+  return found["input_fn"], user_module_lib.custom_objects(
+      found["custom_objects"], module_file)
 
 
 def module_datasets(input_fn, examples, schema, transform_dir, train_patterns,

@@ -6,11 +6,11 @@ from typing import Any, Dict, List, Optional
 from absl import logging
 from tfx import types
 from tfx.dsl.components.base import base_executor
-from tfx.utils import import_utils
 
 from tfx_compression.components.common import artifacts
 from tfx_compression.components.common import model_io
 from tfx_compression.components.common import side_files
+from tfx_compression.components.common import user_module
 from tfx_compression.components.quantizer import quantization
 from tfx_compression.components.quantizer.config import QuantizerConfig
 
@@ -76,17 +76,10 @@ def load_custom_objects(module_file: Optional[str]) -> Optional[Dict[str, Any]]:
   """
   if not module_file:
     return None
-  try:
-    objects = import_utils.import_func_from_source(module_file, "custom_objects")
-  except AttributeError as e:
+  objects = user_module.load(module_file, ("custom_objects",))["custom_objects"]
+  if objects is None:
     raise ValueError(
         f"`module_file`={module_file!r} does not define `custom_objects`, the "
         "only name the Quantizer uses (a dict of name -> custom layer or "
-        "function).") from e
-  except (ImportError, OSError) as e:
-    raise ValueError(f"`module_file`={module_file!r} could not be imported: "
-                     f"{e}. Give the path of a Python file.") from e
-  if not isinstance(objects, dict):
-    raise TypeError(f"`custom_objects` in {module_file!r} must be a dict of "
-                    f"name -> class or function, got {type(objects).__name__}.")
-  return objects
+        "function).")
+  return user_module.custom_objects(objects, module_file)

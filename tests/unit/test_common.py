@@ -245,3 +245,32 @@ class TestDataThatDoesNotFit:
                        match=r"The feature 'x' holds float values in the "
                        r"Examples but the schema says int64"):
       dec.decode_with_presence(tf.constant([_example(1.5, 1)]))
+
+
+class TestUserModule:
+  """common.user_module: the one module_file loader of the three components."""
+
+  def test_reads_the_names_asked_for(self, tmp_path):
+    from tfx_compression.components.common import user_module  # pylint: disable=g-import-not-at-top
+    path = str(tmp_path / "objects.py")
+    with open(path, "w") as f:
+      f.write("def custom_objects():\n  return {'swish2': abs}\n")
+    found = user_module.load(path, ("input_fn", "custom_objects"))
+    assert found["input_fn"] is None
+    assert user_module.custom_objects(found["custom_objects"], path) == {
+        "swish2": abs}
+
+  def test_missing_file_names_the_parameter(self):
+    from tfx_compression.components.common import user_module  # pylint: disable=g-import-not-at-top
+    with pytest.raises(ValueError, match=r"`module_file`='/no/such/m.py' could "
+                       "not be imported: there is no such file. Give the path"):
+      user_module.load("/no/such/m.py", ("custom_objects",))
+
+  def test_custom_objects_must_be_a_dict(self, tmp_path):
+    from tfx_compression.components.common import user_module  # pylint: disable=g-import-not-at-top
+    path = str(tmp_path / "objects.py")
+    with open(path, "w") as f:
+      f.write("custom_objects = [1]\n")
+    objects = user_module.load(path, ("custom_objects",))["custom_objects"]
+    with pytest.raises(TypeError, match=r"must be a dict .*got list"):
+      user_module.custom_objects(objects, path)
