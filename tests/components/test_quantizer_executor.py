@@ -164,6 +164,21 @@ def test_module_file_without_custom_objects(tmp_path, model_artifact):
         module_file=str(module))
 
 
+def test_qat_distills_from_the_input_model(tmp_path, model_artifact,
+                                           examples_artifact, schema_artifact):
+  output = output_model(tmp_path)
+  run(model_artifact, output, examples_artifact, schema_artifact,
+      quantization="qat", label_key="label", qat_steps=2, batch_size=8,
+      num_representative_samples=8, distillation_weight=0.5,
+      distillation_temperature=3.0)
+  props = output.mlmd_artifact.custom_properties
+  assert props["qat_distillation_weight"].double_value == 0.5
+  assert props["qat_distillation_temperature"].double_value == 3.0
+  assert np.isfinite(props["qat_final_loss"].double_value)
+  assert os.path.exists(os.path.join(output.uri, "Format-Serving",
+                                     "model.tflite"))
+
+
 class TestComponent:
 
   def channels(self):
@@ -178,6 +193,16 @@ class TestComponent:
     assert q.outputs["quantized_model"].type == standard_artifacts.Model
     assert q.exec_properties["quantization"] == "int8"
     assert q.exec_properties["learning_rate"] == 1.0
+
+  def test_passes_the_distillation_parameters_on(self):
+    q = Quantizer(label_key="label", quantization="qat",
+                  distillation_weight=1, distillation_temperature=3,
+                  **self.channels())
+    assert q.exec_properties["distillation_weight"] == 1.0
+    assert q.exec_properties["distillation_temperature"] == 3.0
+    with pytest.raises(ValueError, match=r"`distillation_weight`=2.0 is outside"):
+      Quantizer(label_key="label", quantization="qat", distillation_weight=2,
+                **self.channels())
 
   def test_unknown_mode_fails_at_definition(self):
     with pytest.raises(ValueError, match="`quantization`='int4'.*'qat'"):
