@@ -16,6 +16,11 @@
         existing_components=components)
     components += compression.components
 
+Or let it search the plan (structure, sparsity, quantization) within the gate:
+
+    compression = add_compression(..., plan=True, objective="size",
+                                  max_drop=0.005)   # CompressionPlanner
+
 The compressed model is pushed only when both gates agree: the stock Evaluator blessed
 the uncompressed model (``baseline_blessing``), and the CompressionEvaluator blessed the
 compressed one against it. Everything here can be written by hand with the components;
@@ -26,6 +31,7 @@ import dataclasses
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from tfx_compression.components.compression_evaluator.component import CompressionEvaluator
+from tfx_compression.components.compression_planner.component import CompressionPlanner
 from tfx_compression.components.pruner.component import Pruner
 from tfx_compression.components.quantizer.component import Quantizer
 from tfx import types
@@ -33,6 +39,7 @@ from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
 DEFAULT_IDS = dict(pruner="CompressionPruner", quantizer="CompressionQuantizer",
+                   planner="CompressionPlanner",
                    evaluator="CompressionEvaluator", pusher="CompressedModelPusher")
 
 
@@ -44,11 +51,12 @@ class CompressionComponents:
   evaluator: CompressionEvaluator
   pusher: Any
   candidate: types.BaseChannel
+  planner: Optional[CompressionPlanner] = None
 
   @property
   def components(self) -> List[Any]:
-    return [c for c in (self.pruner, self.quantizer, self.evaluator, self.pusher)
-            if c is not None]
+    return [c for c in (self.pruner, self.quantizer, self.planner,
+                        self.evaluator, self.pusher) if c is not None]
 
 
 def _check_channel(name: str, channel: Any, artifact_type, required: bool) -> None:
@@ -113,8 +121,15 @@ def add_compression(
     pruner_kwargs: Optional[Dict[str, Any]] = None,
     quantizer_kwargs: Optional[Dict[str, Any]] = None,
     evaluator_kwargs: Optional[Dict[str, Any]] = None,
+    plan: bool = False,
+    objective: str = "size",
+    planner_kwargs: Optional[Dict[str, Any]] = None,
 ) -> CompressionComponents:
   """Builds Pruner -> Quantizer -> CompressionEvaluator -> Pusher after a Trainer.
+
+  With ``plan=True``: CompressionPlanner -> CompressionEvaluator -> Pusher; the
+  planner searches structures, sparsities and quantization modes within the
+  same quality thresholds the evaluator then applies.
 
   Args:
     model: the Trainer's model channel (the baseline).
@@ -135,6 +150,12 @@ def add_compression(
     existing_components: the user's components, to refuse clashing ids.
     id_prefix: prefix for the ids of the added components.
     pruner_kwargs, quantizer_kwargs, evaluator_kwargs: more parameters.
+    plan: search the plan with a CompressionPlanner instead of a fixed
+      Pruner + Quantizer (``sparsity_structure``, ``target_sparsity``,
+      ``quantization`` and their kwargs are then not used).
+    objective: the planner's 'size', 'gzip_size' or 'latency'.
+    planner_kwargs: more CompressionPlanner parameters (``structures``,
+      ``sparsities``, ``quantization_modes``, ``search_steps``, ...).
 
   Returns:
     CompressionComponents; append ``.components`` to the pipeline.
@@ -158,9 +179,16 @@ def add_compression(
   if not isinstance(label_key, str) or not label_key.strip():
     raise ValueError(f"`label_key`={label_key!r}: name the label as it is in the "
                      "raw Examples (e.g. 'species').")
+  if not isinstance(plan, bool):
+    raise TypeError(f"`plan` must be True or False, got {plan!r}.")
+  if plan and (pruner_kwargs or quantizer_kwargs):
+    raise ValueError(
+        "`plan`=True replaces the Pruner and the Quantizer with the "
+        "CompressionPlanner, so `pruner_kwargs`/`quantizer_kwargs` would be "
+        "ignored; pass those parameters in `planner_kwargs` instead.")
   if quantization == "none":
     quantization = None
-  if not sparsity_structure and not quantization:
+  if not plan and not sparsity_structure and not quantization:
     raise ValueError("Nothing to compress: `sparsity_structure` and "
                      "`quantization` are both unset. Set at least one.")
   if not isinstance(id_prefix, str):
@@ -176,14 +204,20 @@ def add_compression(
 
   data = dict(examples=examples, schema=schema, transform_graph=transform_graph,
               label_key=label_key)
-  pruner = quantizer = None
+  pruner = quantizer = planner = None
   candidate = model
-  if sparsity_structure:
+  if plan:
+    planner = CompressionPlanner(
+        model=model, objective=objective, metric=metric, max_drop=max_drop,
+        max_relative_drop=max_relative_drop, min_value=min_value, **data,
+        **(planner_kwargs or {})).with_id(ids["planner"])
+    candidate = planner.outputs["compressed_model"]
+  elif sparsity_structure:
     pruner = Pruner(model=model, sparsity_structure=sparsity_structure,
                     target_sparsity=target_sparsity, **data,
                     **(pruner_kwargs or {})).with_id(ids["pruner"])
     candidate = pruner.outputs["pruned_model"]
-  if quantization:
+  if quantization and not plan:
     quantizer = Quantizer(model=candidate, quantization=quantization, **data,
                           **(quantizer_kwargs or {})).with_id(ids["quantizer"])
     candidate = quantizer.outputs["quantized_model"]
@@ -197,4 +231,5 @@ def add_compression(
   pusher = tfx.components.Pusher(
       model=candidate, model_blessing=evaluator.outputs["blessing"],
       push_destination=push).with_id(ids["pusher"])
-  return CompressionComponents(pruner, quantizer, evaluator, pusher, candidate)
+  return CompressionComponents(pruner, quantizer, evaluator, pusher, candidate,
+                               planner)

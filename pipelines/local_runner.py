@@ -16,6 +16,7 @@ the pipeline ran (blessed or not), 1 when a step failed, 2 for bad options or da
 import argparse
 import glob
 import os
+import re
 import sys
 import tempfile
 from typing import List, Optional
@@ -29,6 +30,12 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 # Kept in step with pipelines.pipeline.QUANTIZATION_CHOICES (checked by a test);
 # not imported from there so that --help and argument errors need no TensorFlow.
 QUANTIZATION_CHOICES = ("none", "dynamic", "float16", "int8", "int16x8", "qat")
+# The CompressionPlanner's choices (components/compression_planner/config.py),
+# checked here without importing it (it imports TensorFlow).
+OBJECTIVE_CHOICES = ("size", "gzip_size", "latency")
+PLAN_MODES = ("int8", "float16", "dynamic", "none")
+_PLAN_STRUCTURE = re.compile(r"^(channels|unstructured|channels\+unstructured|"
+                             r"\d+:\d+)$")
 DEFAULTS = dict(output_dir="outputs", train_steps=600, prune_steps=300,
                 target_sparsity=0.8, sparsity_structure="unstructured",
                 quantization="int8", max_drop=0.01, pipeline_name="digits_compression")
@@ -66,6 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--search-sparsities", default=None,
                  help="comma-separated sparsities to try step by step, keeping the "
                       "sparsest that passes the gate (e.g. 0.5,0.6,0.7,0.8,0.9)")
+  p.add_argument("--plan", action="store_true",
+                 help="search the plan instead of one fixed Pruner + Quantizer: "
+                      "a CompressionPlanner climbs each structure through "
+                      "--search-sparsities (default 0.5 to 0.9), converts each "
+                      "passing step in each mode and keeps the best candidate "
+                      "within --max-drop by --objective; half of --prune-steps "
+                      "fine-tunes each step")
+  p.add_argument("--objective", default=None, choices=OBJECTIVE_CHOICES,
+                 help="with --plan: what the best candidate minimizes "
+                      "(default: size, the raw bytes)")
+  p.add_argument("--plan-structures", default=None,
+                 help="with --plan: comma-separated structures to climb, of "
+                      "channels, unstructured, M:N (e.g. 2:4), "
+                      "channels+unstructured (default: all four)")
+  p.add_argument("--plan-modes", default=None,
+                 help="with --plan: comma-separated quantization modes, of "
+                      "int8, float16, dynamic, none (default: all four)")
   p.add_argument("--distillation-weight", type=float, default=None,
                  help="Pruner distillation_weight in [0, 1]: fine-tune towards "
                       "the Trainer's model's outputs too (default: 0, off)")
@@ -147,6 +171,7 @@ def check_args(args) -> None:
             f"step count). Use a smaller number of steps.")
   if args.search_sparsities is not None:
     _check_search_sparsities(args.search_sparsities)
+  _check_plan(args)
   if args.pack_inputs and args.quantization == "none":
     _fail("--pack-inputs needs a Quantizer (--quantization none gates the "
           "SavedModel, which keeps its named inputs). Drop --pack-inputs or "
@@ -169,6 +194,53 @@ def _check_search_sparsities(text: str) -> None:
     except ValueError:
       _fail(f"--search-sparsities {text!r}: {item!r} is not a number; give "
             f"comma-separated numbers in [0, 1), {example}.")
+
+
+def _check_plan(args) -> None:
+  """--plan and its options (the planner's own rules, without TensorFlow)."""
+  plan_only = [flag for flag, value in (
+      ("--objective", args.objective), ("--plan-structures",
+                                        args.plan_structures),
+      ("--plan-modes", args.plan_modes)) if value is not None]
+  if not args.plan:
+    if plan_only:
+      _fail(f"{plan_only[0]} needs --plan (it sets the CompressionPlanner's "
+            "search); add --plan or drop the option.")
+    return
+  fixed = [flag for flag, given in (
+      ("--pack-inputs", args.pack_inputs), ("--int8-io",
+                                            args.int8_io != "float32"),
+      ("--distillation-weight", args.distillation_weight is not None),
+      ("--distillation-temperature",
+       args.distillation_temperature is not None)) if given]
+  if fixed:
+    _fail(f"{fixed[0]} sets the fixed Pruner/Quantizer run, which --plan "
+          "replaces (the planner packs inputs where the model allows); drop "
+          f"{fixed[0]} or --plan.")
+  for flag, text, ok, allowed in (
+      ("--plan-structures", args.plan_structures,
+       lambda s: bool(_PLAN_STRUCTURE.match(s)),
+       "channels, unstructured, an M:N block such as 2:4, "
+       "channels+unstructured"),
+      ("--plan-modes", args.plan_modes, lambda s: s in PLAN_MODES,
+       ", ".join(PLAN_MODES))):
+    if text is None:
+      continue
+    items = [t.strip().lower() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if not ok(t)] or ([] if items else [text])
+    example = ("channels,unstructured" if "structures" in flag
+               else "int8,float16")
+    if bad:
+      _fail(f"{flag} {text!r}: {bad[0]!r} is not one of {allowed}; give a "
+            f"comma-separated list, e.g. {flag} {example}.")
+
+
+def _planner_kwargs(args) -> Optional[dict]:
+  kwargs = {k: v for k, v in (
+      ("structures", args.plan_structures),
+      ("quantization_modes", args.plan_modes),
+      ("sparsities", args.search_sparsities)) if v is not None}
+  return kwargs or None
 
 
 def _check_data_and_destination(args) -> None:
@@ -225,7 +297,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         prune_steps=args.prune_steps,
         target_sparsity=args.target_sparsity,
         sparsity_structure=args.sparsity_structure,
-        search_sparsities=args.search_sparsities,
+        search_sparsities=None if args.plan else args.search_sparsities,
         quantization=args.quantization,
         max_drop=args.max_drop,
         min_value=args.min_accuracy,
@@ -236,6 +308,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             ("distillation_temperature", args.distillation_temperature))
                        if v is not None} or None,
         keras=args.keras,
+        plan=args.plan,
+        objective=args.objective or "size",
+        planner_kwargs=_planner_kwargs(args),
         **paths)
   except (ValueError, TypeError) as e:
     session.abort()

@@ -7,7 +7,8 @@ the local runner, the Kubeflow runner, the tests and the benchmark.
 import os
 from typing import Any, Dict, List, Optional, Union
 
-from tfx_compression.components import CompressionEvaluator, Pruner, Quantizer
+from tfx_compression.components import (  # pylint: disable=g-multiple-import
+    CompressionEvaluator, CompressionPlanner, Pruner, Quantizer)
 from tfx import v1 as tfx
 
 _TRAINERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trainers")
@@ -48,6 +49,9 @@ def create_pipeline(
     trainer_run_fn: Optional[str] = None,
     train_args: Optional[Any] = None,
     keras: int = 2,
+    plan: bool = False,
+    objective: str = "size",
+    planner_kwargs: Optional[Dict[str, Any]] = None,
 ) -> tfx.dsl.Pipeline:
   """Builds the demo compression pipeline.
 
@@ -79,6 +83,11 @@ def create_pipeline(
       RuntimeParameter holding its JSON, e.g. '{"num_steps": 600}' (Kubeflow).
     keras: 2 trains the demo CNN with tf_keras (``digits_trainer.py``), 3 with
       Keras 3 (``digits_trainer_keras3.py``); the components follow the model.
+    plan: a CompressionPlanner searches structure, sparsity and quantization
+      within the gate (``max_drop``, ``min_value``) instead of the fixed
+      Pruner -> Quantizer; half of ``prune_steps`` is its ``search_steps``.
+    objective: the planner's 'size', 'gzip_size' or 'latency'.
+    planner_kwargs: more CompressionPlanner parameters.
 
   Returns:
     The TFX pipeline.
@@ -109,34 +118,50 @@ def create_pipeline(
                   else tfx.proto.TrainArgs(num_steps=train_steps)),
       eval_args=tfx.proto.EvalArgs(num_steps=eval_steps))
 
-  pruner_args = dict(
-      model=trainer.outputs["model"],
-      examples=example_gen.outputs["examples"],
-      schema=schema_gen.outputs["schema"],
-      label_key=LABEL_KEY,
-      target_sparsity=target_sparsity,
-      sparsity_structure=sparsity_structure,
-      train_steps=prune_steps,
-  )
-  if search_sparsities:
-    # The search gates each step with the same thresholds as the final gate.
-    pruner_args.update(search_sparsities=search_sparsities, max_drop=max_drop,
-                       min_value=min_value)
-  pruner_args.update(pruner_kwargs or {})
-  pruner = Pruner(**pruner_args)
-  components_list = [example_gen, statistics_gen, schema_gen, trainer, pruner]
-
-  candidate = pruner.outputs["pruned_model"]
-  if quantization != "none":
-    quantizer = Quantizer(
-        model=pruner.outputs["pruned_model"],
+  components_list = [example_gen, statistics_gen, schema_gen, trainer]
+  if plan:
+    planner = CompressionPlanner(
+        model=trainer.outputs["model"],
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        label_key=LABEL_KEY, objective=objective,
+        # Each step continues from the last: half the fixed run's steps, as
+        # the Pruner's own search.
+        search_steps=(max(1, prune_steps // 2) if isinstance(prune_steps, int)
+                      else prune_steps),
+        metric="accuracy", max_drop=max_drop, min_value=min_value,
+        **(planner_kwargs or {}))
+    components_list.append(planner)
+    candidate = planner.outputs["compressed_model"]
+  else:
+    pruner_args = dict(
+        model=trainer.outputs["model"],
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         label_key=LABEL_KEY,
-        quantization=quantization,
-        **(quantizer_kwargs or {}))
-    components_list.append(quantizer)
-    candidate = quantizer.outputs["quantized_model"]
+        target_sparsity=target_sparsity,
+        sparsity_structure=sparsity_structure,
+        train_steps=prune_steps,
+    )
+    if search_sparsities:
+      # The search gates each step with the same thresholds as the final gate.
+      pruner_args.update(search_sparsities=search_sparsities, max_drop=max_drop,
+                         min_value=min_value)
+    pruner_args.update(pruner_kwargs or {})
+    pruner = Pruner(**pruner_args)
+    components_list.append(pruner)
+
+    candidate = pruner.outputs["pruned_model"]
+    if quantization != "none":
+      quantizer = Quantizer(
+          model=pruner.outputs["pruned_model"],
+          examples=example_gen.outputs["examples"],
+          schema=schema_gen.outputs["schema"],
+          label_key=LABEL_KEY,
+          quantization=quantization,
+          **(quantizer_kwargs or {}))
+      components_list.append(quantizer)
+      candidate = quantizer.outputs["quantized_model"]
 
   evaluator = CompressionEvaluator(
       baseline_model=trainer.outputs["model"],

@@ -97,6 +97,7 @@ def collect(metadata_path: str, pipeline_name: str,
       ("baseline", "Trainer", "Model"),
       ("pruned", "Pruner", "Model"),
       ("quantized", "Quantizer", "Model"),
+      ("planned", "CompressionPlanner", "Model"),
       ("blessing", "CompressionEvaluator", "ModelBlessing"),
       ("evaluation", "CompressionEvaluator", "ModelEvaluation"),
       ("pushed", "Pusher", "PushedModel"),
@@ -168,6 +169,8 @@ def render(info: Dict[str, Any], log_path: Optional[str] = None) -> str:
     lines.append(f"(sizes and latency: {sizes.representation})")
   if channels:
     lines.append(channel_text(channels))
+  if plan_text(info.get("planned") or {}):
+    lines.append("plan: " + plan_text(info["planned"]))
   if ev.get("reason") or bl.get("reason"):
     lines.append("")
     lines.append(str(ev.get("reason") or bl.get("reason")))
@@ -359,6 +362,24 @@ def _quantizer_figure(outputs) -> str:
           f"{_fmt(model['tflite_bytes'], 'bytes')} bytes").strip()
 
 
+def plan_text(model: Dict[str, Any]) -> str:
+  """'chose channels 75% + int8 (packed) of 30 candidates, 23,928 bytes'."""
+  if model.get("plan_structure") is None:
+    return ""
+  structure = model["plan_structure"]
+  if structure != "none":
+    structure += f" {_fmt(model.get('plan_sparsity'), 'pct')}"
+  packed = " (packed)" if model.get("plan_packed") == 1 else ""
+  return (f"chose {structure} + {model.get('plan_mode')}{packed} of "
+          f"{model.get('plan_candidates')} candidates "
+          f"({model.get('plan_objective')}), "
+          f"{_fmt(model.get('plan_raw_bytes'), 'bytes')} bytes")
+
+
+def _planner_figure(outputs) -> str:
+  return plan_text(outputs.get("Model") or {})
+
+
 def _gate_figure(outputs) -> str:
   blessing = outputs.get("ModelBlessing") or {}
   if blessing.get("blessed") is None:
@@ -385,6 +406,7 @@ _FIGURES = (
     ("Trainer", _trainer_figure),
     ("Pruner", _pruner_figure),
     ("Quantizer", _quantizer_figure),
+    ("CompressionPlanner", _planner_figure),
     ("Evaluator", _gate_figure),  # the CompressionEvaluator and TFX's Evaluator
     ("Pusher", _pusher_figure),
 )

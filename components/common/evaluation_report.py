@@ -143,6 +143,8 @@ class EvaluationReport:
   baseline_blessed: Optional[bool] = None
   pruning_search: Optional[Mapping[str, Any]] = None
   config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  # The CompressionPlanner's plan.json, when the candidate carries one.
+  plan: Optional[Mapping[str, Any]] = None
 
   @property
   def metric(self) -> str:
@@ -185,6 +187,9 @@ class EvaluationReport:
         "pruning_search": (dict(self.pruning_search) if self.pruning_search
                            else None),
         "config": dict(self.config),
+        # Only when there is one: reports of other candidates keep the keys
+        # they have always had.
+        **({"plan": dict(self.plan)} if self.plan else {}),
     }
 
   def to_json(self) -> str:
@@ -213,7 +218,8 @@ class EvaluationReport:
         models=dict(data.get("models") or {}),
         baseline_blessed=data.get("baseline_blessed"),
         pruning_search=data.get("pruning_search") or None,
-        config=dict(data.get("config") or {}))
+        config=dict(data.get("config") or {}),
+        plan=data.get("plan") or None)
 
   @classmethod
   def from_json(cls, text: str) -> "EvaluationReport":

@@ -247,6 +247,7 @@ def evaluate(*, pipeline, config, baseline_path: str, candidate_path: str,
              baseline_blessed: Optional[bool] = None,
              baseline_blessing_problem: Optional[str] = None,
              pruning_search: Optional[Mapping[str, Any]] = None,
+             plan: Optional[Mapping[str, Any]] = None,
              work_dir: str) -> EvaluationResult:
   """Measures the candidate against the baseline and decides.
 
@@ -267,6 +268,7 @@ def evaluate(*, pipeline, config, baseline_path: str, candidate_path: str,
     baseline_blessing_problem: why a wired baseline blessing cannot vouch
       for the baseline (absent, another model's), if it cannot.
     pruning_search: the Pruner's pruning_search.json, if any (for the report).
+    plan: the CompressionPlanner's plan.json, if any (for the report).
     work_dir: a scratch directory.
 
   Returns:
@@ -358,7 +360,7 @@ def evaluate(*, pipeline, config, baseline_path: str, candidate_path: str,
   }
   report = _report(config, decision, base_metrics, cand_metrics, examples,
                    sizes, latency, sparsity, models, baseline_blessed,
-                   pruning_search)
+                   pruning_search, plan)
   return EvaluationResult(decision=decision, report=report)
 
 
@@ -499,7 +501,7 @@ def _examples_section(config, base_stats: MetricStats, cand_stats: MetricStats,
 
 def _report(config, decision: Decision, base_metrics, cand_metrics, examples,
             sizes, latency, sparsity, models, baseline_blessed,
-            pruning_search) -> report_types.EvaluationReport:
+            pruning_search, plan=None) -> report_types.EvaluationReport:
   """The EvaluationReport (report.json's content)."""
   gate = config.thresholds
   finite = all(math.isfinite(m[gate.metric])
@@ -522,4 +524,5 @@ def _report(config, decision: Decision, base_metrics, cand_metrics, examples,
       baseline_blessed=baseline_blessed,
       pruning_search=dict(pruning_search) if pruning_search else None,
       config=config.to_dict(),
+      plan=dict(plan) if plan else None,
   )

@@ -165,6 +165,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         search = side_files.read_pruning_search(
             candidate.uri,
             _str_property(candidate, side_files.SOURCE_MODEL_PROPERTY))
+        plan = side_files.read_plan(candidate.uri)  # a CompressionPlanner's
       except side_files.SideFileError as e:
         raise evaluation_lib.EvaluationError(str(e)) from e
       result = evaluation_lib.evaluate(
@@ -183,6 +184,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
           baseline_blessing_problem=baseline_blessing_problem(
               blessing_wired, baseline_blessing, baseline),
           pruning_search=search,
+          plan=plan,
           work_dir=work_dir)
       properties = output_properties(result.report)
       artifacts.set_properties(evaluation, properties)

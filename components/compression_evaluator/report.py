@@ -181,7 +181,33 @@ def to_markdown(report: EvaluationReport) -> str:
           str(s.get("nonzero_params", "")), fmt_bytes(s.get("gzip_bytes")),
           "yes" if s.get("passed") else "no") for s in search["steps"]]))
     out.append("")
+  out += _plan_markdown(report.plan)
   return "\n".join(out).rstrip() + "\n"
+
+
+def _plan_markdown(plan) -> List[str]:
+  """The CompressionPlanner's candidates as a table, the chosen one marked."""
+  if not plan or not plan.get("candidates"):
+    return []
+  out = ["## Compression plan", "",
+         f"Objective: {plan.get('objective')}; chosen: candidate "
+         f"{plan.get('chosen_index')}. Skipped: "
+         + ("; ".join(f"{s.get('structure')} ({s.get('why')})"
+                      for s in plan.get("skipped") or []) or "none") + ".", ""]
+  out.append(_md_table(
+      ["#", "structure", "sparsity", "mode", "metric", "bytes", "gzip bytes",
+       "latency", "passed"],
+      [(("**" if c.get("index") == plan.get("chosen_index") else "")
+        + str(c.get("index")), str(c.get("structure")),
+        fmt_value(c.get("sparsity"), 2), str(c.get("mode")),
+        fmt_value(c.get("metric")), fmt_bytes(c.get("raw_bytes")),
+        fmt_bytes(c.get("gzip_bytes")),
+        fmt_seconds(c["latency_us"] / 1e6) if report_plots.finite(
+            c.get("latency_us")) else "n/a",
+        "yes" if c.get("passed") else f"no: {c.get('why_not')}")
+       for c in plan["candidates"]]))
+  out.append("")
+  return out
 
 
 def _prediction_notes(report: EvaluationReport) -> List[str]:
@@ -364,6 +390,12 @@ def to_html(report: EvaluationReport) -> str:
     plots.append(
         f"<figure>{svg}<figcaption>The Pruner's search: each step's sparsity "
         "and metric (green passed the gate, red did not).</figcaption></figure>")
+  for svg, label in report_plots.plan_svgs(report):
+    plots.append(
+        f"<figure>{svg}<figcaption>The CompressionPlanner's candidates by "
+        f"{label}: filled green on the Pareto front of those that passed, "
+        "hollow green passed but dominated, red failed the gate; the diamond "
+        "was chosen.</figcaption></figure>")
   plots_html = (f"<section><h2>Plots</h2><div class='plots'>{''.join(plots)}"
                 "</div></section>") if plots else ""
 

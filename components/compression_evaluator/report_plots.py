@@ -286,3 +286,72 @@ def search_svg(report: EvaluationReport) -> Optional[str]:
     color = _PASS_COLOR if s.get("passed") else _FAIL_COLOR
     chart.point(s["sparsity"], s["metric"], color, r=5)
   return chart.svg(f"Pruning search: sparsity against {name}")
+
+
+def pareto_front(points: Sequence[Tuple[float, float]], higher: bool
+                 ) -> List[int]:
+  """Indices of the points no other point beats on both axes (x smaller is
+  better; y higher is better when ``higher``), in rising x."""
+  order = sorted(range(len(points)),
+                 key=lambda i: (points[i][0],
+                                -points[i][1] if higher else points[i][1]))
+  front, best = [], None
+  for i in order:
+    y = points[i][1]
+    if best is None or (y > best if higher else y < best):
+      front.append(i)
+      best = y
+  return front
+
+
+def plan_svgs(report: EvaluationReport) -> List[Tuple[str, str]]:
+  """The CompressionPlanner's candidates: the gate metric against raw size and
+  against latency, the passing candidates' Pareto front drawn, the chosen one
+  a diamond. [(svg, what it shows)]; [] without a plan."""
+  plan = report.plan or {}
+  cands = [c for c in plan.get("candidates") or [] if finite(c.get("metric"))]
+  if not cands:
+    return []
+  metric = plan.get("metric_name") or report.metric
+  try:
+    higher, bounded = thresholds_lib.METRICS[
+        thresholds_lib.canonical_metric(metric)]
+  except (TypeError, ValueError):
+    higher, bounded = True, False
+  base = (plan.get("baseline") or {}).get("metric")
+  bound = report.quality_bound(base) if finite(base) else None
+  out = []
+  for field, label, scale, unit in (("raw_bytes", "size", 1 << 10, "KiB"),
+                                    ("latency_us", "latency", 1.0, "µs")):
+    pts = [c for c in cands if finite(c.get(field))]
+    if not pts:
+      continue
+    xs = [c[field] / scale for c in pts]
+    ys = [c["metric"] for c in pts] + [v for v in (base, bound) if finite(v)]
+    chart = _Chart((0.0, max(xs) * 1.12), _padded(ys, bounded),
+                   title=f"Plan: {metric} against {label} (Pareto front)")
+    chart.axes(f"{label} ({unit})", metric)
+    if finite(base):
+      chart.hline(base, _BASELINE_COLOR, f"baseline {base:.4f}", dash="2 3",
+                  label_at="left")
+    if finite(bound):
+      chart.hline(bound, _PASS_COLOR,
+                  f"gate {'≥' if higher else '≤'} {bound:.4f}")
+    passing = [i for i, c in enumerate(pts) if c.get("passed")]
+    front = [passing[i] for i in pareto_front(
+        [(xs[i], pts[i]["metric"]) for i in passing], higher)]
+    if len(front) > 1:
+      chart.polyline([(xs[i], pts[i]["metric"]) for i in front], _PASS_COLOR)
+    for i, c in enumerate(pts):
+      if c.get("index") == plan.get("chosen_index"):
+        continue
+      chart.point(xs[i], c["metric"], _PASS_COLOR if c.get("passed")
+                  else _FAIL_COLOR, r=4, hollow=i not in front)
+    for i, c in enumerate(pts):
+      if c.get("index") == plan.get("chosen_index"):
+        chart.point(xs[i], c["metric"], _INK,
+                    f"chosen: {c.get('structure')} {c.get('mode')}",
+                    shape="diamond", label_side="below")
+    out.append((chart.svg(f"Plan candidates: {metric} against {label}"),
+                label))
+  return out

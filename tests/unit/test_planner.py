@@ -203,3 +203,84 @@ def test_no_passing_candidate_names_the_best_figures(model, tmp_path):
     planning.search_plan(model, data().repeat(), data(seed=1),
                          cfg(structures="", min_value=0.999, max_drop=None),
                          loss=LOSS, work_dir=str(tmp_path))
+
+
+# add_compression(plan=True).
+
+
+def _channels():
+  from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
+  from tfx.types import standard_artifacts  # pylint: disable=g-import-not-at-top
+  return dict(model=tfx.dsl.Channel(type=standard_artifacts.Model),
+              examples=tfx.dsl.Channel(type=standard_artifacts.Examples),
+              schema=tfx.dsl.Channel(type=standard_artifacts.Schema),
+              label_key="label", push_destination="/tmp/serving")
+
+
+def test_add_compression_with_a_plan_wires_planner_gate_pusher():
+  from tfx_compression import add_compression  # pylint: disable=g-import-not-at-top
+  result = add_compression(**_channels(), plan=True, objective="latency",
+                           max_drop=0.005,
+                           planner_kwargs=dict(structures="channels"))
+  assert [c.id for c in result.components] == [
+      "CompressionPlanner", "CompressionEvaluator", "CompressedModelPusher"]
+  assert result.pruner is None and result.quantizer is None
+  assert result.candidate is result.planner.outputs["compressed_model"]
+  assert result.evaluator.inputs["candidate_model"] is result.candidate
+  assert result.pusher.inputs["model"] is result.candidate
+  # One gate: the planner searches within the evaluator's thresholds.
+  props = result.planner.exec_properties
+  assert (props["max_drop"], props["objective"]) == (0.005, "latency")
+  assert result.evaluator.exec_properties["max_drop"] == 0.005
+
+
+def test_add_compression_with_a_plan_refuses_pruner_kwargs():
+  from tfx_compression import add_compression  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r"pass those parameters in "
+                                       r"`planner_kwargs` instead"):
+    add_compression(**_channels(), plan=True,
+                    pruner_kwargs=dict(train_steps=10))
+
+
+# The evaluator's report draws the plan.
+
+
+def test_pareto_front_keeps_only_undominated_points():
+  from tfx_compression.components.compression_evaluator import report_plots  # pylint: disable=g-import-not-at-top
+  pts = [(10, 0.90), (5, 0.95), (20, 0.99), (5, 0.91), (30, 0.98)]
+  assert report_plots.pareto_front(pts, higher=True) == [1, 2]
+  assert report_plots.pareto_front(pts, higher=False) == [3, 0]
+
+
+def test_the_report_draws_the_front_and_lists_the_candidates():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from tfx_compression.components.common import evaluation_report  # pylint: disable=g-import-not-at-top
+  from tfx_compression.components.compression_evaluator import report  # pylint: disable=g-import-not-at-top
+  from tests.unit import test_report  # pylint: disable=g-import-not-at-top
+  cands = [dict(index=i, structure=s, sparsity=sp, mode=m, metric=acc,
+                raw_bytes=b, gzip_bytes=b // 2, latency_us=lat, passed=p,
+                why_not=None if p else "max_drop FAILED")
+           for i, (s, sp, m, acc, b, lat, p) in enumerate([
+               ("none", 0.0, "int8", 0.95, 300_000, 20.0, True),
+               ("channels", 0.75, "int8", 0.948, 24_000, 2.6, True),
+               ("channels", 0.75, "float16", 0.949, 45_000, 6.0, True),
+               ("channels", 0.85, "int8", 0.90, 18_000, 2.2, False)])]
+  plan = {"objective": "size", "metric_name": "accuracy", "chosen_index": 1,
+          "baseline": {"metric": 0.951}, "candidates": cands,
+          "skipped": [{"structure": "unstructured", "why": "dense"}]}
+  rep = dataclasses.replace(test_report.make_report(), plan=plan)
+  files = report.render(rep)
+  html = next(v for k, v in files.items() if k.endswith(".html"))
+  assert "Plan: accuracy against size (Pareto front)" in html
+  assert "Plan: accuracy against latency (Pareto front)" in html
+  assert "chosen: channels int8" in html
+  md = next(v for k, v in files.items() if k.endswith(".md"))
+  assert "## Compression plan" in md and "| **1 | channels | 0.75 | int8" in md
+  assert "no: max_drop FAILED" in md
+  # report.json keeps the plan, and reads back.
+  js = next(v for k, v in files.items() if k.endswith(".json"))
+  assert evaluation_report.EvaluationReport.from_json(js).plan == plan
+  # Without a plan: no section, no key (the layout other reports always had).
+  plain = report.render(test_report.make_report())
+  assert all("Compression plan" not in v and '"plan"' not in v
+             for v in plain.values())
