@@ -10,7 +10,10 @@ thirds of ``sklearn.datasets.load_digits``) is pruned unstructured to
 ``--sparsity`` with the Pruner's defaults (300 steps, polynomial schedule,
 Adam 1e-3), once per distillation weight, on the same data order per seed; the
 accuracy is on the last third (599 examples). One JSON line per run, then the
-mean accuracy points lost per weight.
+mean accuracy points lost per weight. Per seed, one more line says what the
+teacher knows about the fine-tuning examples: its accuracy on them and its mean
+top probability, at T=1 and at ``--temperature`` (a teacher that is one-hot on
+them adds little to their labels).
 
 Issue #20's goal: distillation recovers at least half of the points plain
 fine-tuning (weight 0) loses, and is never worse by more than one eval example.
@@ -41,6 +44,24 @@ def _data(seed: int):
   return train, evaluation, len(y) - n
 
 
+def _teacher_on_train(model, temperature: float) -> dict:
+  """The teacher on the fine-tuning examples: accuracy, mean top probability."""
+  x, y = fixtures.digits_arrays()
+  n = 2 * len(y) // 3
+  probs = model.predict({k: x[:n, i:i + 1].astype(np.float32)
+                         for i, k in enumerate(fixtures.FEATURES)},
+                        batch_size=256, verbose=0)
+  logp = np.log(np.maximum(probs, 1e-30)) / temperature
+  tempered = np.exp(logp - logp.max(axis=1, keepdims=True))
+  tempered /= tempered.sum(axis=1, keepdims=True)
+  return dict(teacher_train_accuracy=round(float(
+                  (probs.argmax(axis=1) == y[:n]).mean()), 4),
+              teacher_train_top_probability=round(float(
+                  probs.max(axis=1).mean()), 4),
+              teacher_train_top_probability_at_t=round(float(
+                  tempered.max(axis=1).mean()), 4))
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--sparsity", type=float, default=0.9)
@@ -55,6 +76,9 @@ def main() -> None:
   for seed in [int(s) for s in args.seeds.split(",")]:
     model = fixtures.train_digits_model(steps=args.train_steps, seed=seed)
     train, evaluation, n_eval = _data(seed)
+    print(json.dumps(dict(seed=seed, temperature=args.temperature,
+                          **_teacher_on_train(model, args.temperature))),
+          flush=True)
     for weight in [float(w) for w in args.weights.split(",")]:
       start = time.time()
       r = pruning.prune_model(model, train, PrunerConfig(
