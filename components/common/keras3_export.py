@@ -33,6 +33,11 @@ import numpy as np
 import tensorflow as tf
 
 from tfx_compression.components.common import model_io
+from tfx_compression.components.common import signatures as signatures_lib
+
+# ({input: (shape, dtype)}, {output: (shape, dtype)}) of a signature, as the
+# tf_keras export compares them.
+signature_specs = signatures_lib.signature_specs
 
 # Children of a restored Keras 3 model that are Keras internals, not objects
 # the Trainer module attached (such as TFX's ``tft_layer``).
@@ -145,31 +150,6 @@ def _same_shape_plan(model, restored: Mapping[str, tf.Variable]
   return plan, ""
 
 
-def _input_specs(fn) -> List[Tuple[str, tf.TensorSpec]]:
-  args, kwargs = fn.structured_input_signature
-  specs = [(s.name, s) for s in tf.nest.flatten(args)]
-  specs += [(k, kwargs[k]) for k in sorted(kwargs)]
-  return specs
-
-
-def _spec_key(spec) -> Tuple:
-  return (tuple(spec.shape.as_list()) if spec.shape.rank is not None else None,
-          spec.dtype.name)
-
-
-def signature_specs(fn) -> Tuple[Dict[str, Tuple], Dict[str, Tuple]]:
-  """({input name: (shape, dtype)}, {output name: (shape, dtype)}) of a signature."""
-  inputs = {n: _spec_key(s) for n, s in _input_specs(fn)}
-  outputs = {k: _spec_key(s) for k, s in fn.structured_outputs.items()}
-  return inputs, outputs
-
-
-def _takes_examples(fn) -> bool:
-  inputs = _input_specs(fn)
-  return (len(inputs) == 1 and inputs[0][1].dtype == tf.string
-          and inputs[0][1].shape.rank == 1)
-
-
 def _reads(fn, variables: Mapping[str, tf.Variable]) -> bool:
   handles = {id(v.handle) for v in variables.values()}
   ids = {id(v) for v in variables.values()}
@@ -196,22 +176,10 @@ def _feed(model, features: Mapping[str, tf.Tensor]):
   return features[names[0]]
 
 
-def _outputs(model, out, keys: Sequence[str]) -> Dict[str, tf.Tensor]:
-  if isinstance(out, Mapping) and set(keys) <= set(out):
-    return {k: out[k] for k in keys}
-  if tf.is_tensor(out) and len(keys) == 1:
-    return {keys[0]: out}
-  names = list(getattr(model, "output_names", []) or [])
-  if isinstance(out, (list, tuple)) and set(keys) <= set(names):
-    return {k: out[names.index(k)] for k in keys}
-  raise Keras3ExportError(f"the model's outputs (output names {names}) do not "
-                          f"map onto the signature's outputs {list(keys)}")
-
-
 def _recreated(model, fn, tft_layer, parse_spec, label_key):
   """The signature ``fn`` re-created as a tf.function over ``model``."""
   keys = sorted(fn.structured_outputs)
-  inputs = _input_specs(fn)
+  inputs = signatures_lib.input_specs(fn)
   model_inputs = [t.name.split(":")[0] for t in model.inputs]
 
   def outputs_for(features):
@@ -219,7 +187,9 @@ def _recreated(model, fn, tft_layer, parse_spec, label_key):
     if tft_layer is not None and not all(n in features for n in model_inputs):
       features = dict(tft_layer(features))
       features.pop(label_key, None)
-    return _outputs(model, model(_feed(model, features), training=False), keys)
+    return signatures_lib.map_outputs(
+        model, model(_feed(model, features), training=False), keys,
+        Keras3ExportError)
 
   specs = [tf.TensorSpec(s.shape, s.dtype, name=n) for n, s in inputs]
   if parse_spec is not None:
@@ -234,7 +204,6 @@ def _recreated(model, fn, tft_layer, parse_spec, label_key):
 
 
 def _parse_spec(fn, label_key: Optional[str]) -> Dict[str, Any]:
-  from tfx_compression.components.common import signatures as signatures_lib  # pylint: disable=g-import-not-at-top
   try:
     spec = dict(signatures_lib.infer_raw_feature_spec(fn))
   except signatures_lib.SignatureExportError as e:
@@ -266,7 +235,8 @@ def _regenerated_module(model, loaded, originals, model_vars,
       signatures[name] = fn
       continue
     try:
-      spec = _parse_spec(fn, label_key) if _takes_examples(fn) else None
+      spec = (_parse_spec(fn, label_key)
+              if signatures_lib.takes_examples(fn) else None)
       signatures[name] = _recreated(model, fn, tft_layer, spec, label_key)
     except (Keras3ExportError, ValueError, TypeError, KeyError) as e:
       raise Keras3ExportError(
@@ -278,11 +248,12 @@ def _regenerated_module(model, loaded, originals, model_vars,
 
 
 def _sample_inputs(fn, examples: Sequence[bytes]) -> Dict[str, tf.Tensor]:
-  if _takes_examples(fn):
-    return {_input_specs(fn)[0][0]: tf.constant(list(examples), tf.string)}
+  if signatures_lib.takes_examples(fn):
+    return {signatures_lib.input_specs(fn)[0][0]:
+                tf.constant(list(examples), tf.string)}
   rng = np.random.RandomState(0)
   out = {}
-  for name, spec in _input_specs(fn):
+  for name, spec in signatures_lib.input_specs(fn):
     shape = [2 if d is None else d for d in spec.shape.as_list()]
     if spec.dtype == tf.string:
       value = np.full(shape, b"a", dtype=object)
@@ -302,12 +273,12 @@ def _check(path: str, originals, examples: Sequence[bytes]) -> None:
         f"The written SavedModel has signatures {sorted(saved.signatures)}, "
         f"the Trainer's {sorted(originals)}.")
   for name, fn in originals.items():
-    got = signature_specs(saved.signatures[name])
-    if got != signature_specs(fn):
+    got = signatures_lib.signature_specs(saved.signatures[name])
+    if got != signatures_lib.signature_specs(fn):
       raise Keras3ExportError(
           f"Signature {name!r} was written with inputs/outputs {got}, the "
-          f"Trainer's are {signature_specs(fn)}.")
-    if not examples and _takes_examples(fn):
+          f"Trainer's are {signatures_lib.signature_specs(fn)}.")
+    if not examples and signatures_lib.takes_examples(fn):
       continue
     sample = _sample_inputs(fn, examples)
     try:

@@ -85,11 +85,19 @@ def unsafe_ops(fn) -> List[str]:
   return unsafe
 
 
-def _input_specs(fn) -> List[Tuple[str, tf.TensorSpec]]:
+def input_specs(fn) -> List[Tuple[str, tf.TensorSpec]]:
+  """[(name, TensorSpec)] of a signature's inputs (either Keras)."""
   args, kwargs = fn.structured_input_signature
   specs = [(s.name, s) for s in tf.nest.flatten(args)]
   specs += [(k, kwargs[k]) for k in sorted(kwargs)]
   return specs
+
+
+def takes_examples(fn) -> bool:
+  """Whether a signature takes one batch of serialized tf.Examples."""
+  inputs = input_specs(fn)
+  return (len(inputs) == 1 and inputs[0][1].dtype == tf.string
+          and inputs[0][1].shape.rank == 1)
 
 
 def reads_model_weights(fn, model) -> bool:
@@ -176,14 +184,13 @@ def _recipes(original_model) -> List[_Recipe]:
       raise SignatureExportError(
           f"Signature '{name}' returns {type(outputs).__name__}, not a dict of "
           "named tensors.")
-    inputs = _input_specs(fn)
-    takes_examples = (len(inputs) == 1 and inputs[0][1].dtype == tf.string
-                      and inputs[0][1].shape.rank == 1)
+    inputs = input_specs(fn)
+    examples_in = takes_examples(fn)
     if not reads_model_weights(fn, original_model):
       kind = "keep"
     else:
-      kind = "examples" if takes_examples else "tensors"
-    out.append(_Recipe(name, inputs, sorted(outputs), kind, takes_examples))
+      kind = "examples" if examples_in else "tensors"
+    out.append(_Recipe(name, inputs, sorted(outputs), kind, examples_in))
   return out
 
 
@@ -202,7 +209,14 @@ def _feed(model, features: Mapping[str, tf.Tensor]):
   return features[names[0]]
 
 
-def _map_outputs(model, out, keys: Sequence[str]) -> Dict[str, tf.Tensor]:
+def map_outputs(model, out, keys: Sequence[str],
+                error: Optional[type] = None) -> Dict[str, tf.Tensor]:
+  """A model call's outputs by the signature's output ``keys`` (either Keras).
+
+  Raises:
+    error (default SignatureExportError): they cannot be matched.
+  """
+  error = error or SignatureExportError
   if isinstance(out, Mapping) and set(keys) <= set(out):
     return {k: out[k] for k in keys}
   if tf.is_tensor(out) and len(keys) == 1:
@@ -210,7 +224,7 @@ def _map_outputs(model, out, keys: Sequence[str]) -> Dict[str, tf.Tensor]:
   names = list(getattr(model, "output_names", []) or [])
   if isinstance(out, (list, tuple)) and set(keys) <= set(names):
     return {k: out[names.index(k)] for k in keys}
-  raise SignatureExportError(
+  raise error(
       f"the model's outputs ({type(out).__name__}, output names {names}) do "
       f"not map onto the signature's outputs {list(keys)}")
 
@@ -224,7 +238,7 @@ def _make_function(model, recipe: _Recipe, tft_layer, label_key):
       features = dict(tft_layer(features))
       features.pop(label_key, None)
     out = model(_feed(model, features), training=False)
-    return _map_outputs(model, out, recipe.output_keys)
+    return map_outputs(model, out, recipe.output_keys)
 
   specs = [tf.TensorSpec(s.shape, s.dtype, name=n) for n, s in recipe.inputs]
   if recipe.kind == "examples":
@@ -305,8 +319,9 @@ def _spec_key(spec) -> Tuple:
           spec.dtype.name)
 
 
-def _signature_specs(fn) -> Tuple[Dict[str, Tuple], Dict[str, Tuple]]:
-  inputs = {n: _spec_key(s) for n, s in _input_specs(fn)}
+def signature_specs(fn) -> Tuple[Dict[str, Tuple], Dict[str, Tuple]]:
+  """({input name: (shape, dtype)}, {output name: (shape, dtype)}) of a signature."""
+  inputs = {n: _spec_key(s) for n, s in input_specs(fn)}
   outputs = {k: _spec_key(s) for k, s in fn.structured_outputs.items()}
   return inputs, outputs
 
@@ -465,10 +480,10 @@ def _check_saved(path: str, recipes: List[_Recipe], originals,
         f"{sorted(originals)}.")
   for recipe in recipes:
     name = recipe.name
-    if _signature_specs(loaded.signatures[name]) != _signature_specs(originals[name]):
+    if signature_specs(loaded.signatures[name]) != signature_specs(originals[name]):
       raise fail(name, f"the saved signature's inputs/outputs "
-                 f"{_signature_specs(loaded.signatures[name])} differ from the "
-                 f"original's {_signature_specs(originals[name])}")
+                 f"{signature_specs(loaded.signatures[name])} differ from the "
+                 f"original's {signature_specs(originals[name])}")
     if unsafe[name]:
       continue  # Kept as it was, and not run: its specs were compared above.
     sample = _sample_inputs(recipe, examples)

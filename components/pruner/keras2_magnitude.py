@@ -178,6 +178,19 @@ def _wrap(model, names: Sequence[str], params: Mapping[str, Any]):
 # Pruning.
 
 
+def _fit(wrapped, train_ds: tf.data.Dataset, steps: int, epoch: int,
+         learning_rate: float, log_dir: Optional[str], callbacks=()) -> None:
+  """Fine-tunes the wrapped model ``steps`` steps, in epochs of ``epoch``."""
+  cbs = [_sparsity.UpdatePruningStep(), StopOnNonFiniteLoss(learning_rate)]
+  if log_dir:
+    cbs.append(_sparsity.PruningSummaries(log_dir=log_dir))
+  cbs.extend(callbacks)
+  cbs.append(progress.keras_callback(
+      progress.Progress("fine-tuning", max(1, steps))))
+  wrapped.fit(train_ds.repeat(), steps_per_epoch=epoch, epochs=steps // epoch,
+              callbacks=cbs, verbose=0)
+
+
 class ContinuedPruning(training_common.StagedPruning):
   """One wrapped, compiled model pruned further stage after stage.
 
@@ -205,15 +218,11 @@ class ContinuedPruning(training_common.StagedPruning):
     check_supported(model)
     if is_wrapped(model):
       model = _sparsity.strip_pruning(model)
-    self.learning_rate = learning_rate
-    self.seed = seed
-    self.steps_done = 0
-    self._schedule_name = schedule
-    self._layers = list(layers)
+    super().__init__(layers, loss=loss, schedule=schedule,
+                     learning_rate=learning_rate, seed=seed)
     with deterministic(seed):
       self._plain = clone_model(model)
     self._wrapped = None
-    self._loss = loss
     self.model = self._plain
 
   def _build(self, frequency: int) -> None:
@@ -229,12 +238,7 @@ class ContinuedPruning(training_common.StagedPruning):
     self.model = _sparsity.strip_pruning(self._wrapped)
 
   def _fit_stage(self, train_ds: tf.data.Dataset, steps: int) -> None:
-    self._wrapped.fit(
-        train_ds.repeat(), steps_per_epoch=steps, epochs=1, verbose=0,
-        callbacks=[_sparsity.UpdatePruningStep(),
-                   StopOnNonFiniteLoss(self.learning_rate),
-                   progress.keras_callback(
-                       progress.Progress("fine-tuning", max(1, steps)))])
+    _fit(self._wrapped, train_ds, steps, steps, self.learning_rate, None)
 
   _deterministic = staticmethod(deterministic)
   _check_finite = staticmethod(check_finite)
@@ -317,18 +321,8 @@ def prune_to(model, train_ds: tf.data.Dataset, *, target_sparsity: float,
     wrapped = _wrap(plain, layers, params)
     wrapped.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
                     loss=loss)
-    # Several epochs only serve the TensorBoard logs (see epoch_length).
-    epoch = steps_per_epoch or (schedules.epoch_length(steps) if log_dir else steps)
-    if steps % epoch:
-      raise ValueError(f"steps_per_epoch={epoch} does not divide steps={steps}.")
-    cbs = [_sparsity.UpdatePruningStep(), StopOnNonFiniteLoss(learning_rate)]
-    if log_dir:
-      cbs.append(_sparsity.PruningSummaries(log_dir=log_dir))
-    cbs.extend(callbacks)
-    cbs.append(progress.keras_callback(
-        progress.Progress("fine-tuning", max(1, steps))))
-    wrapped.fit(train_ds.repeat(), steps_per_epoch=epoch,
-                epochs=steps // epoch, callbacks=cbs, verbose=0)
+    epoch = training_common.epoch_length(steps, steps_per_epoch, log_dir)
+    _fit(wrapped, train_ds, steps, epoch, learning_rate, log_dir, callbacks)
     # UpdatePruningStep re-applies the masks at each epoch end, so the
     # stripped kernels hold exact zeros.
     stripped = _sparsity.strip_pruning(wrapped)

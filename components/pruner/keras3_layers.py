@@ -75,14 +75,11 @@ def select_layers(model, include: Sequence[str] = (),
                   m_by_n: Optional[Tuple[int, int]] = None) -> List[str]:
   """Names of the layers to prune, from fnmatch patterns on layer names.
 
-  Same rules and messages as ``pruning.select_layers``.
+  Same arguments, rules, messages and example as
+  ``keras2_magnitude.select_layers``.
 
   Raises:
     ValueError: a pattern matches no prunable layer, or nothing is left.
-
-  Example:
-
-      select_layers(model, include=["conv*", "dense1"])  # ['conv1', 'conv2', 'dense1']
   """
   check_supported(model)
   return training_common.select_layers(

@@ -152,11 +152,7 @@ def prune_to(model, train_ds, *, target_sparsity: float, steps: int, loss,
     masking = Masking(layer_variables(plain, layers), sched, m_by_n)
     plain.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
                   metrics=distillation.train_metrics(loss))
-    # Several epochs only serve the TensorBoard logs.
-    epoch = steps_per_epoch or (
-        schedules.epoch_length(steps) if log_dir else steps)
-    if steps % epoch:
-      raise ValueError(f"steps_per_epoch={epoch} does not divide steps={steps}.")
+    epoch = training_common.epoch_length(steps, steps_per_epoch, log_dir)
     _fit(plain, train_ds, steps, epoch, masking, learning_rate, log_dir,
          callbacks)
   check_finite(plain, learning_rate)
@@ -176,28 +172,20 @@ class ContinuedPruning(training_common.StagedPruning):
   :meth:`stage` is ``training_common.StagedPruning``'s, as for tf_keras.
 
   ``model`` always holds the current weights, zeros included; copy it
-  (:func:`clone_model`) to keep a stage's result.
-
-  Example:
-
-      run = ContinuedPruning(model, layers, loss=loss)
-      run.stage(ds, 0.0, 0.5, steps=300); run.model  # 50% sparse
-      run.stage(ds, 0.5, 0.7, steps=300); run.model  # 70%, from those weights
+  (:func:`clone_model`) to keep a stage's result. Used as the tf_keras one
+  (``keras2_magnitude.ContinuedPruning``, whose docstring has an example).
   """
 
   def __init__(self, model, layers: Sequence[str], *, loss,
                schedule: str = "polynomial", learning_rate: float = 1e-3,
                seed: int = 0):
     check_supported(model)
-    self.learning_rate = learning_rate
-    self.seed = seed
-    self.steps_done = 0
-    self._layers = list(layers)
-    self._schedule_name = Schedule(schedule).kind  # Checked now, built later.
+    super().__init__(layers, loss=loss,
+                     schedule=Schedule(schedule).kind,  # Checked now.
+                     learning_rate=learning_rate, seed=seed)
     self._masking = None
     with deterministic(seed):
       self.model = clone_model(model)
-    self._loss = loss
 
   def _build(self, frequency: int) -> None:
     self._schedule = Schedule(self._schedule_name, frequency=frequency)

@@ -231,20 +231,48 @@ def pruning_stats(model, kernels: Dict[str, np.ndarray]) -> Dict[str, Any]:
   }
 
 
+# Fine-tuning.
+
+
+def epoch_length(steps: int, steps_per_epoch: Optional[int],
+                 log_dir: Optional[str]) -> int:
+  """Steps per Keras epoch of a fine-tuning of ``steps`` steps.
+
+  One epoch, unless ``steps_per_epoch`` is given or TensorBoard logs are
+  written (several epochs only serve the logs: ``schedules.epoch_length``).
+
+  Raises:
+    ValueError: the epoch does not divide ``steps``.
+  """
+  epoch = steps_per_epoch or (
+      schedules.epoch_length(steps) if log_dir else steps)
+  if steps % epoch:
+    raise ValueError(f"steps_per_epoch={epoch} does not divide steps={steps}.")
+  return epoch
+
+
 # Search stages.
 
 
 class StagedPruning:
   """What both backends' ``ContinuedPruning.stage`` do around their own fit.
 
-  A subclass sets ``model``, ``_layers``, ``learning_rate``, ``seed``,
-  ``steps_done`` and ``_schedule`` (None until built; then an object with
-  ``frequency`` and ``set_stage``), and defines ``_build(frequency)``,
+  A subclass calls ``__init__``, sets ``model`` and, in ``_build(frequency)``,
+  ``_schedule`` (an object with ``frequency`` and ``set_stage``); it defines
   ``_fit_stage(train_ds, steps)``, ``_deterministic(seed)`` and
   ``_check_finite(model, learning_rate)``.
   """
 
   _schedule = None
+
+  def __init__(self, layers: Sequence[str], *, loss, schedule: str,
+               learning_rate: float, seed: int):
+    self.learning_rate = learning_rate
+    self.seed = seed
+    self.steps_done = 0
+    self._schedule_name = schedule
+    self._layers = list(layers)
+    self._loss = loss
 
   def stage(self, train_ds, initial_sparsity: float, target_sparsity: float,
             steps: int, seed: Optional[int] = None):
