@@ -198,7 +198,7 @@ def _check_search_sparsities(text: str) -> None:
 
 def _check_plan(args) -> None:
   """--plan and its options (the planner's own rules, without TensorFlow)."""
-  plan_only = [flag for flag, value in (
+  plan_only = [f"{flag} {value}" for flag, value in (
       ("--objective", args.objective), ("--plan-structures",
                                         args.plan_structures),
       ("--plan-modes", args.plan_modes)) if value is not None]
