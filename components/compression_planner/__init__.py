@@ -1,1 +1,2 @@
-"""CompressionPlanner: searches pruning structures × quantization modes for the best model within the gate (see README.md)."""
+"""CompressionPlanner: searches structures × sparsities × quantization modes for
+the best model within the gate (see README.md)."""

@@ -1,4 +1,4 @@
-"""The CompressionPlanner's executor: moves artifacts in and out of :func:`planning.search_plan`."""
+"""The CompressionPlanner's executor: artifacts in and out of ``search_plan``."""
 
 import os
 import shutil
