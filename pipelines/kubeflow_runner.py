@@ -18,6 +18,13 @@ accuracy threshold), ``prune_steps`` (int, the Pruner's fine-tuning steps) and
 ``train_args`` (str, the Trainer's TrainArgs as JSON, e.g. ``{"num_steps": 600}``:
 TFX passes protos as JSON strings, so the Trainer's steps cannot be a bare int).
 
+Each step's pod can get its own resources with ``--resources STEP:cpu=N,memory=GB,gpu=N,gpu_type=TYPE``
+(repeatable; STEP is Trainer, Pruner, Quantizer or CompressionEvaluator), compiled into
+the step's container spec as TFX's ``with_platform_config`` does: e.g. ``--resources
+Pruner:cpu=8,memory=32,gpu=2,gpu_type=NVIDIA_TESLA_T4``. The Pruner and the Quantizer's
+QAT then fine-tune over the pod's GPUs (``distribution='auto'``: MirroredStrategy when
+several are visible; the image must carry a GPU build of TensorFlow).
+
 The Trainer imports ``tfx_compression.pipelines.trainers.digits_trainer.run_fn`` from the package installed in
 the image instead of packaging a module file: nothing is written to the pipeline
 root at compile time, and the code that runs is the code in the image. ``--keras 3``
@@ -52,6 +59,11 @@ MAX_DROP = "max_drop"
 PRUNE_STEPS = "prune_steps"
 TRAIN_ARGS = "train_args"
 RUNTIME_PARAMETERS = (TARGET_SPARSITY, MAX_DROP, PRUNE_STEPS, TRAIN_ARGS)
+
+# Steps whose pods --resources can size, and what it sets for each.
+RESOURCE_STEPS = ("Trainer", "Pruner", "Quantizer", "CompressionEvaluator")
+_RESOURCE_HELP = ("STEP:cpu=N,memory=GB,gpu=N,gpu_type=TYPE, e.g. "
+                  "Pruner:cpu=8,memory=32,gpu=2,gpu_type=NVIDIA_TESLA_T4")
 
 # Docker image reference (distribution/reference grammar, slightly simplified):
 # [domain[:port]/]path-component(/path-component)*[:tag][@digest]
@@ -169,6 +181,72 @@ class _Parser(argparse.ArgumentParser):
     self.exit(2, f"error: {message} (see --help)\n")
 
 
+def _positive(option_value: str, key: str, text: str, integer: bool = False):
+  try:
+    number = int(text) if integer else float(text.rstrip("Gg"))
+  except ValueError:
+    number = None
+  if number is None or not 0 < number < float("inf"):
+    kind = "a whole number" if integer else "a number"
+    raise UsageError(f"--resources {option_value!r}: {key}={text!r} must be "
+                     f"{kind} > 0. Use {_RESOURCE_HELP}.")
+  return number
+
+
+def parse_resources(values: Optional[List[str]]) -> Dict[str, Dict[str, Any]]:
+  """``--resources`` values -> {step: {'cpu', 'memory' (GB), 'gpu', 'gpu_type'}}.
+
+  Example:
+    >>> parse_resources(["Pruner:cpu=8,memory=32G,gpu=1,gpu_type=NVIDIA_TESLA_T4"])
+    {'Pruner': {'cpu': 8.0, 'memory': 32.0, 'gpu': 1, 'gpu_type': 'NVIDIA_TESLA_T4'}}
+  """
+  result: Dict[str, Dict[str, Any]] = {}
+  for value in values or ():
+    step, colon, rest = value.partition(":")
+    step = step.strip()
+    if step not in RESOURCE_STEPS:
+      raise UsageError(f"--resources {value!r}: {step!r} is not one of "
+                       f"{RESOURCE_STEPS}. Use {_RESOURCE_HELP}.")
+    if step in result:
+      raise UsageError(f"--resources names {step} twice; give its resources "
+                       "in one value.")
+    resources: Dict[str, Any] = {}
+    for item in filter(None, (i.strip() for i in rest.split(","))):
+      key, _, text = (p.strip() for p in item.partition("="))
+      if key == "gpu_type" and text:
+        resources[key] = text
+      elif key in ("cpu", "memory", "gpu"):
+        resources[key] = _positive(value, key, text, integer=key == "gpu")
+      else:
+        raise UsageError(f"--resources {value!r}: {item!r} is not cpu=N, "
+                         f"memory=GB, gpu=N or gpu_type=TYPE. Use "
+                         f"{_RESOURCE_HELP}.")
+    if not colon or not resources:
+      raise UsageError(f"--resources {value!r} sets nothing for {step}. Use "
+                       f"{_RESOURCE_HELP}.")
+    if ("gpu" in resources) != ("gpu_type" in resources):
+      raise UsageError(
+          f"--resources {value!r}: gpu and gpu_type go together (the count and "
+          "the accelerator, e.g. gpu=1,gpu_type=NVIDIA_TESLA_T4 on Vertex AI or "
+          "gpu_type=nvidia.com/gpu on Kubeflow Pipelines).")
+    result[step] = resources
+  return result
+
+
+def resource_spec(resources: Dict[str, Any]):
+  """The KFP ResourceSpec that TFX's ``with_platform_config`` takes."""
+  from kfp.pipeline_spec import pipeline_spec_pb2  # pylint: disable=g-import-not-at-top
+  spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec()
+  if "cpu" in resources:
+    spec.cpu_limit = resources["cpu"]
+  if "memory" in resources:
+    spec.memory_limit = resources["memory"]
+  if "gpu" in resources:
+    spec.accelerator.type = resources["gpu_type"]
+    spec.accelerator.count = resources["gpu"]
+  return spec
+
+
 def build_parser() -> argparse.ArgumentParser:
   """The command line (--help names every option).
 
@@ -225,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--keras", type=int, choices=(2, 3), default=2,
                  help="train the demo CNN with tf_keras (2) or Keras 3 (3); the "
                       "image runs both (default: %(default)s)")
+  p.add_argument("--resources", action="append", default=None,
+                 metavar="STEP:KEY=VALUE,...",
+                 help="a step's own pod resources, repeatable: "
+                      f"{_RESOURCE_HELP} (STEP: {', '.join(RESOURCE_STEPS)}; "
+                      "memory in GB)")
   p.add_argument("--no-cache", action="store_true",
                  help="compile with step caching off")
   return p
@@ -285,11 +368,14 @@ def compile_pipeline(image: str, pipeline_root: str, data_root: str,
                      sparsity_structure: str = _LOCAL_DEFAULTS["sparsity_structure"],
                      quantization: str = _LOCAL_DEFAULTS["quantization"],
                      enable_cache: bool = True,
-                     keras: int = 2) -> Tuple[str, str]:
+                     keras: int = 2,
+                     resources: Optional[Dict[str, Dict[str, Any]]] = None
+                     ) -> Tuple[str, str]:
   """Compiles the demo pipeline; returns the paths of the JSON and the YAML written.
 
   Values are not checked for remoteness here (see ``main``); the numbers are
   checked by the components' own configs, with the message naming the parameter.
+  ``resources``: step -> its pod's resources, as :func:`parse_resources` gives.
 
   Example:
     json_path, yaml_path = compile_pipeline(
@@ -318,6 +404,7 @@ def compile_pipeline(image: str, pipeline_root: str, data_root: str,
       target_sparsity=params[TARGET_SPARSITY], max_drop=params[MAX_DROP],
       prune_steps=params[PRUNE_STEPS], train_args=params[TRAIN_ARGS],
       **common)
+  _set_resources(pipe, resources or {})
   runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
       config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
           default_image=image, use_pipeline_spec_2_1=True))
@@ -341,6 +428,15 @@ def compile_pipeline(image: str, pipeline_root: str, data_root: str,
   return json_path, yaml_path
 
 
+def _set_resources(pipe, resources: Dict[str, Dict[str, Any]]) -> None:
+  by_id = {component.id: component for component in pipe.components}
+  for step, values in resources.items():
+    if step not in by_id:
+      raise UsageError(f"--resources names {step}, which this pipeline does not "
+                       f"run (its steps: {sorted(by_id)}).")
+    by_id[step].with_platform_config(resource_spec(values))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
   """Command-line entry: exit 0 with the paths on stdout, 2 on bad input."""
   parser = build_parser()
@@ -362,6 +458,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                           ("--prune-steps", args.prune_steps)):
       if value < 1:
         raise UsageError(f"{option} {value} must be >= 1.")
+    resources = parse_resources(args.resources)
     serving_warning = None
     if args.serving_model_dir is not None:
       args.serving_model_dir, serving_warning = check_uri(
@@ -390,7 +487,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         prune_steps=args.prune_steps, train_steps=args.train_steps,
         sparsity_structure=args.sparsity_structure,
         quantization=args.quantization, enable_cache=not args.no_cache,
-        keras=args.keras)
+        keras=args.keras, resources=resources)
   except (ValueError, TypeError) as e:
     parser.error(str(e))
   print(json_path)
