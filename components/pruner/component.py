@@ -51,6 +51,7 @@ MAX_RELATIVE_DROP_KEY = "max_relative_drop"
 MIN_VALUE_KEY = "min_value"
 DISTILLATION_WEIGHT_KEY = "distillation_weight"
 DISTILLATION_TEMPERATURE_KEY = "distillation_temperature"
+DISTRIBUTION_KEY = "distribution"
 
 _FLOAT = (TARGET_SPARSITY_KEY, INITIAL_SPARSITY_KEY, LEARNING_RATE_KEY,
           MAX_DROP_KEY, MAX_RELATIVE_DROP_KEY, MIN_VALUE_KEY,
@@ -60,7 +61,7 @@ _INT = (BEGIN_STEP_KEY, END_STEP_KEY, FREQUENCY_KEY, FINETUNE_STEPS_KEY,
 _STR = (LABEL_KEY_KEY, SCHEDULE_KEY, SPARSITY_STRUCTURE_KEY, INCLUDE_LAYERS_KEY,
         EXCLUDE_LAYERS_KEY, CHANNEL_RANKING_KEY, CHANNEL_NORM_KEY,
         TRAIN_SPLIT_KEY, EVAL_SPLIT_KEY, MODULE_FILE_KEY, SEARCH_SPARSITIES_KEY,
-        METRIC_KEY)
+        METRIC_KEY, DISTRIBUTION_KEY)
 
 
 class PrunerSpec(ComponentSpec):
@@ -149,7 +150,8 @@ class Pruner(base_component.BaseComponent):
       max_relative_drop: Optional[Number] = None,
       min_value: Optional[Number] = None,
       distillation_weight: Number = 0.0,
-      distillation_temperature: Number = 2.0):
+      distillation_temperature: Number = 2.0,
+      distribution: str = "auto"):
     """Checks the parameters (fails now, not at run time) and wires channels.
 
     Args:
@@ -174,6 +176,9 @@ class Pruner(base_component.BaseComponent):
       distillation_weight, distillation_temperature: fine-tune towards the
         input model's outputs too (w in [0, 1], 0 = off; temperature T > 0);
         see components/common/distillation.py. Not with the search yet.
+      distribution: the fine-tuning's tf.distribute strategy: 'auto' (several
+        workers in TF_CONFIG, else several GPUs, else one device), 'mirrored',
+        'multi_worker' or 'off' (common/distribute.py).
     """
     params = {
         LABEL_KEY_KEY: label_key,
@@ -205,6 +210,7 @@ class Pruner(base_component.BaseComponent):
         MIN_VALUE_KEY: min_value,
         DISTILLATION_WEIGHT_KEY: distillation_weight,
         DISTILLATION_TEMPERATURE_KEY: distillation_temperature,
+        DISTRIBUTION_KEY: distribution,
     }
     # Ints are valid floats: TFX checks the declared type strictly.
     for key in _FLOAT:

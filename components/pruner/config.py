@@ -17,6 +17,7 @@ import re
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from tfx_compression.components.common import checks
+from tfx_compression.components.common import distribute
 from tfx_compression.components.common import thresholds as thresholds_lib
 from tfx_compression.components.pruner import schedules
 from tfx_compression.components.pruner.schedules import resolve_schedule
@@ -138,6 +139,10 @@ class PrunerConfig:
       w * T^2 * KL(teacher || student), the teacher being the input model,
       frozen (see ``distillation.py``). 0 (default) is plain fine-tuning, bit
       for bit; not benchmarked enough yet to be on by default.
+    distribution: the ``tf.distribute`` strategy of the fine-tuning: 'auto'
+      (several workers in TF_CONFIG: MultiWorkerMirroredStrategy; else several
+      GPUs: MirroredStrategy; else one device), 'mirrored', 'multi_worker' or
+      'off' (see ``common/distribute.py``).
     distillation_temperature: T > 0, the softening temperature of both
       models' outputs in the KL term.
   """
@@ -172,6 +177,7 @@ class PrunerConfig:
   min_value: Optional[float] = None
   distillation_weight: float = 0.0
   distillation_temperature: float = 2.0
+  distribution: str = distribute.AUTO
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)  # frozen dataclass
@@ -194,6 +200,7 @@ class PrunerConfig:
     self._validate_training()
     self._validate_search()
     self._validate_distillation()
+    set_("distribution", distribute.check_distribution(self.distribution))
 
   # Validation, one group of rules per method (a new mode adds its own).
 

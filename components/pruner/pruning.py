@@ -25,6 +25,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 from absl import logging
 import tensorflow as tf
 
+from tfx_compression.components.common import distribute
 from tfx_compression.components.common import keras_env
 from tfx_compression.components.common import model_stats
 from tfx_compression.components.pruner import config as config_lib
@@ -58,6 +59,9 @@ def prune_model(model, train_ds: tf.data.Dataset,
                 train_examples: Optional[int] = None) -> PruneResult:
   """Prunes a copy of ``model`` as ``config`` says and measures it.
 
+  The fine-tuning runs under ``config.distribution``'s ``tf.distribute``
+  strategy (``common/distribute.py``), or the caller's if called in a scope.
+
   Args:
     model: the trained Keras model (functional or Sequential). Never modified.
     train_ds: (features, label) batches to fine-tune on (repeated as needed;
@@ -84,6 +88,17 @@ def prune_model(model, train_ds: tf.data.Dataset,
                            eval_ds=eval_ds)
       result.stats["sparsity"]  # ~0.8
   """
+  # Clone, compile, fit and evaluate under config.distribution's strategy
+  # (none by default on one device); inside a caller's scope, the caller's.
+  with distribute.scope(config.distribution):
+    return _prune_model(model, train_ds, config, eval_ds=eval_ds,
+                        log_dir=log_dir, loss=loss,
+                        custom_objects=custom_objects,
+                        train_examples=train_examples)
+
+
+def _prune_model(model, train_ds, config, *, eval_ds, log_dir, loss,
+                 custom_objects, train_examples) -> PruneResult:
   backend = strategy_lib.backend(model)
   backend.check_supported(model)
   if loss is None:
@@ -211,16 +226,18 @@ def prune_and_export(model, train_ds: tf.data.Dataset,
                                  eval_ds=eval_ds)
   """
   searched = None
-  if config.is_search:
-    loss, _ = strategy_lib.backend(model).resolve_loss(model, custom_objects)
-    searched = search_lib.search_sparsity(model, train_ds, eval_ds, config,
-                                          config.gate(), loss=loss,
-                                          log_dir=log_dir)
-    result = searched.prune_result
-  else:
-    result = prune_model(model, train_ds, config, eval_ds=eval_ds,
-                         log_dir=log_dir, custom_objects=custom_objects,
-                         train_examples=train_examples)
+  # The search's fine-tuning too; the export runs outside (it needs no strategy).
+  with distribute.scope(config.distribution):
+    if config.is_search:
+      loss, _ = strategy_lib.backend(model).resolve_loss(model, custom_objects)
+      searched = search_lib.search_sparsity(model, train_ds, eval_ds, config,
+                                            config.gate(), loss=loss,
+                                            log_dir=log_dir)
+      result = searched.prune_result
+    else:
+      result = prune_model(model, train_ds, config, eval_ds=eval_ds,
+                           log_dir=log_dir, custom_objects=custom_objects,
+                           train_examples=train_examples)
   export_pruned(result, model, export_dir, sample_serialized_examples,
                 label_key=config.label_key, source_dir=source_dir,
                 transform_dir=transform_dir)

@@ -46,6 +46,7 @@ TRAIN_SPLIT_KEY = "train_split"
 MODULE_FILE_KEY = "module_file"
 DISTILLATION_WEIGHT_KEY = "distillation_weight"
 DISTILLATION_TEMPERATURE_KEY = "distillation_temperature"
+DISTRIBUTION_KEY = "distribution"
 _FLOAT = (LEARNING_RATE_KEY, DISTILLATION_WEIGHT_KEY,
           DISTILLATION_TEMPERATURE_KEY)
 
@@ -70,6 +71,7 @@ class QuantizerSpec(types.ComponentSpec):
       DISTILLATION_WEIGHT_KEY: ExecutionParameter(type=float, optional=True),
       DISTILLATION_TEMPERATURE_KEY: ExecutionParameter(type=float,
                                                        optional=True),
+      DISTRIBUTION_KEY: ExecutionParameter(type=str, optional=True),
   }
   INPUTS = {
       MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
@@ -116,7 +118,8 @@ class Quantizer(base_component.BaseComponent):
                train_split: Union[str, Any] = "train",
                module_file: Optional[Union[str, Any]] = None,
                distillation_weight: Union[float, Any] = 0.0,
-               distillation_temperature: Union[float, Any] = 2.0):
+               distillation_temperature: Union[float, Any] = 2.0,
+               distribution: Union[str, Any] = "auto"):
     """Checks the parameters and wires the channels.
 
     Args:
@@ -142,6 +145,9 @@ class Quantizer(base_component.BaseComponent):
       distillation_weight, distillation_temperature: 'qat' fine-tunes towards
         the input model's outputs too (w in [0, 1], 0 = off; T in (0, 100]),
         as the Pruner does; see components/common/distillation.py.
+      distribution: the tf.distribute strategy of 'qat''s fine-tuning: 'auto'
+        (several workers in TF_CONFIG, else several GPUs, else one device),
+        'mirrored', 'multi_worker' or 'off' (common/distribute.py).
 
     Raises:
       TypeError, ValueError: a bad parameter, or Examples missing for a mode
@@ -166,6 +172,7 @@ class Quantizer(base_component.BaseComponent):
         MODULE_FILE_KEY: module_file,
         DISTILLATION_WEIGHT_KEY: distillation_weight,
         DISTILLATION_TEMPERATURE_KEY: distillation_temperature,
+        DISTRIBUTION_KEY: distribution,
     }
     # Ints are valid floats: TFX checks the declared type strictly.
     for key in _FLOAT:

@@ -14,6 +14,7 @@ import math
 from typing import Any, Dict, Mapping, Optional
 
 from tfx_compression.components.common import checks
+from tfx_compression.components.common import distribute
 
 MODES = ("dynamic", "float16", "int8", "int16x8", "qat")
 # Modes that need the pipeline's Examples: calibration data and/or fine-tuning.
@@ -75,6 +76,9 @@ class QuantizerConfig:
       bit for bit.
     distillation_temperature: T in (0, 100], the softening temperature of
       both models' outputs in the KL term.
+    distribution: the ``tf.distribute`` strategy of 'qat''s fine-tuning:
+      'auto' (several workers in TF_CONFIG, else several GPUs, else one
+      device), 'mirrored', 'multi_worker' or 'off' (common/distribute.py).
 
   Raises on construction:
     TypeError: a parameter has the wrong type.
@@ -95,6 +99,7 @@ class QuantizerConfig:
   module_file: Optional[str] = None
   distillation_weight: float = 0.0
   distillation_temperature: float = 2.0
+  distribution: str = distribute.AUTO
 
   def __post_init__(self):
     mode = self.quantization
@@ -171,6 +176,8 @@ class QuantizerConfig:
       raise TypeError(f"`module_file` must be a path to a Python file, got "
                       f"{self.module_file!r}.")
     self._validate_distillation(mode)
+    object.__setattr__(self, "distribution",
+                       distribute.check_distribution(self.distribution))
 
   def _validate_distillation(self, mode: str) -> None:
     # The Pruner's rules and wording (common/checks.py), then the mode.

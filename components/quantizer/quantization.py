@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfx_compression.components.common import distillation
+from tfx_compression.components.common import distribute
 from tfx_compression.components.common import features as features_lib
 from tfx_compression.components.common import keras_env
 from tfx_compression.components.common import model_stats
@@ -137,8 +138,11 @@ def quantize(model, config: QuantizerConfig,
       raise ValueError(
           "quantization='qat' fine-tunes on labelled examples, but no training "
           "data was given. Wire `examples` and set `label_key`.")
-    converted_model, qat_stats = _quantization_aware_model(
-        model, config, train_data, input_sparsity)
+    # Clone, compile and fit under config.distribution's tf.distribute
+    # strategy (none by default on one device).
+    with distribute.scope(config.distribution):
+      converted_model, qat_stats = _quantization_aware_model(
+          model, config, train_data, input_sparsity)
     stats.update(qat_stats)
 
   packed = None
