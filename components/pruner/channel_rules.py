@@ -40,6 +40,71 @@ NOT_ZERO_PASSES = ("passthrough", "elementwise", "rescaling", "scalar_op",
                    "reshape", "join", "multiply")
 
 
+# Keras layer class name -> kind, the same for both Kerases; each backend's access
+# looks the names up in its own ``layers`` module (exact types: Conv1DTranspose
+# subclasses Conv1D, DepthwiseConv2D subclasses Conv, and a user's subclass of
+# Dense may do anything in call()).
+KIND_OF_CLASS: Dict[str, str] = {
+    **{n: "conv" for n in ("Conv1D", "Conv2D", "Conv3D")},
+    **{n: "separable" for n in ("SeparableConv1D", "SeparableConv2D")},
+    **{n: "depthwise" for n in ("DepthwiseConv1D", "DepthwiseConv2D")},
+    **{n: "transposed" for n in ("Conv1DTranspose", "Conv2DTranspose",
+                                 "Conv3DTranspose")},
+    # Channel-wise layers without weights that map 0 to 0 (channels_last data).
+    **{n: "passthrough" for n in (
+        "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+        "GaussianNoise", "GaussianDropout", "ActivityRegularization",
+        "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D",
+        "AveragePooling2D", "AveragePooling3D", "GlobalAveragePooling1D",
+        "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+        "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+        "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D",
+        "Cropping2D", "Cropping3D", "UpSampling1D", "UpSampling2D",
+        "UpSampling3D", "RepeatVector", "Identity")},
+    # Element-wise: followed if they act channel by channel (checked numerically).
+    **{n: "elementwise" for n in ("Activation", "ReLU", "LeakyReLU", "ELU",
+                                  "ThresholdedReLU", "Softmax")},
+    **{n: "join" for n in ("Add", "Subtract", "Average", "Maximum", "Minimum")},
+    "Dense": "dense", "BatchNormalization": "batchnorm", "PReLU": "prelu",
+    "Reshape": "reshape", "Rescaling": "rescaling", "Flatten": "flatten",
+    "Concatenate": "concatenate", "Multiply": "multiply",
+}
+
+
+class LayerKinds:
+  """The kind of a layer of one Keras (base of the backends' access objects).
+
+  Args:
+    layers: that Keras' ``layers`` module.
+  """
+
+  def __init__(self, layers):
+    self.kinds: Dict[type, str] = {
+        getattr(layers, n): k for n, k in KIND_OF_CLASS.items()
+        if hasattr(layers, n)}
+    self._transposed = tuple(t for t, k in self.kinds.items()
+                             if k == "transposed")
+    self._mac_types = tuple(t for t, k in self.kinds.items()
+                            if k in ("dense", "conv", "separable", "depthwise"))
+
+  def kind(self, layer) -> Optional[str]:
+    """The kind of ``layer``'s exact type; None: plays no part, or blocks."""
+    kind = self.kinds.get(type(layer))
+    if kind is None and self.is_operation(layer):
+      return "scalar_op"
+    return kind
+
+  def is_operation(self, layer) -> bool:
+    """A TF / Keras operation node that ``scalar_op`` may follow."""
+    raise NotImplementedError
+
+  def mac_kind(self, layer) -> Optional[str]:
+    """'transposed', 'conv' (any Dense/Conv/Depthwise, subclasses too) or None."""
+    if isinstance(layer, self._transposed):
+      return "transposed"
+    return "conv" if isinstance(layer, self._mac_types) else None
+
+
 def width(shape: Optional[tuple]) -> Optional[int]:
   """The channel count (last axis) of a shape; None if unknown."""
   if not shape:

@@ -21,6 +21,7 @@ import tf_keras as keras
 
 from tf_keras.src.engine import keras_tensor
 
+from tfx_compression.components.pruner import channel_rules as rules
 from tfx_compression.components.pruner.channel_graph import ChannelPruningError
 
 # tf_keras has no public API for the functional graph: it is read through
@@ -31,37 +32,6 @@ from tfx_compression.components.pruner.channel_graph import ChannelPruningError
 Node = collections.namedtuple("Node", "layer ins outs is_input args kwargs")
 
 _L = keras.layers
-_PASSTHROUGH = (
-    _L.Dropout, _L.SpatialDropout1D, _L.SpatialDropout2D, _L.SpatialDropout3D,
-    _L.GaussianNoise, _L.GaussianDropout, _L.ActivityRegularization,
-    _L.MaxPooling1D, _L.MaxPooling2D, _L.MaxPooling3D,
-    _L.AveragePooling1D, _L.AveragePooling2D, _L.AveragePooling3D,
-    _L.GlobalAveragePooling1D, _L.GlobalAveragePooling2D,
-    _L.GlobalAveragePooling3D, _L.GlobalMaxPooling1D, _L.GlobalMaxPooling2D,
-    _L.GlobalMaxPooling3D, _L.ZeroPadding1D, _L.ZeroPadding2D,
-    _L.ZeroPadding3D, _L.Cropping1D, _L.Cropping2D, _L.Cropping3D,
-    _L.UpSampling1D, _L.UpSampling2D, _L.UpSampling3D, _L.RepeatVector,
-    _L.Identity)
-# Exact types: Conv1DTranspose subclasses Conv1D, DepthwiseConv2D subclasses Conv,
-# and a user's subclass of Dense may do anything in call().
-KINDS: Dict[type, str] = {
-    **{t: "conv" for t in (_L.Conv1D, _L.Conv2D, _L.Conv3D)},
-    **{t: "separable" for t in (_L.SeparableConv1D, _L.SeparableConv2D)},
-    **{t: "depthwise" for t in (_L.DepthwiseConv1D, _L.DepthwiseConv2D)},
-    **{t: "transposed" for t in (_L.Conv1DTranspose, _L.Conv2DTranspose,
-                                 _L.Conv3DTranspose)},
-    **{t: "passthrough" for t in _PASSTHROUGH},
-    **{t: "elementwise" for t in (_L.Activation, _L.ReLU, _L.LeakyReLU, _L.ELU,
-                                  _L.ThresholdedReLU, _L.Softmax)},
-    **{t: "join" for t in (_L.Add, _L.Subtract, _L.Average, _L.Maximum,
-                           _L.Minimum)},
-    _L.Dense: "dense", _L.BatchNormalization: "batchnorm", _L.PReLU: "prelu",
-    _L.Reshape: "reshape", _L.Rescaling: "rescaling", _L.Flatten: "flatten",
-    _L.Concatenate: "concatenate", _L.Multiply: "multiply",
-}
-_TRANSPOSED = tuple(t for t, k in KINDS.items() if k == "transposed")
-_MAC_TYPES = tuple(t for t, k in KINDS.items()
-                   if k in ("dense", "conv", "separable", "depthwise"))
 # TF operations a Keras tensor meets with a constant (MobileNetV3's hard-sigmoid
 # is relu6(x + 3) * (1 / 6)): TFOpLambda symbol -> the operation on numbers.
 _SCALAR_OPS: Dict[str, Callable[[Any, Any], Any]] = {
@@ -76,23 +46,17 @@ def _is_tensor(value) -> bool:
   return isinstance(value, keras_tensor.KerasTensor)
 
 
-class Keras2Access:
+class Keras2Access(rules.LayerKinds):
   """What channel analysis and rebuild need to know of tf_keras."""
 
   name = "tf_keras"
   depthwise_kernel = "depthwise_kernel"
 
-  def kind(self, layer) -> Optional[str]:
-    kind = KINDS.get(type(layer))
-    if kind is None and type(layer).__name__ == "TFOpLambda":
-      return "scalar_op"
-    return kind
+  def __init__(self):
+    super().__init__(_L)
 
-  def mac_kind(self, layer) -> Optional[str]:
-    """'transposed', 'conv' (any Dense/Conv/Depthwise, subclasses too) or None."""
-    if isinstance(layer, _TRANSPOSED):
-      return "transposed"
-    return "conv" if isinstance(layer, _MAC_TYPES) else None
+  def is_operation(self, layer) -> bool:
+    return type(layer).__name__ == "TFOpLambda"
 
   def shape(self, tensor) -> Optional[Tuple[Optional[int], ...]]:
     shape = tensor.shape

@@ -24,108 +24,39 @@ Typical use (what the Pruner executor does):
     export_narrow_model(result.model, model, serving_dir, samples)
 """
 
-import dataclasses
-import math
+import contextlib
 from typing import Any, Callable, Collection, Dict, Mapping, Optional, Sequence
 
-from absl import logging
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from tfx_compression.components.common import progress
 from tfx_compression.components.common import signatures as signatures_lib
-from tfx_compression.components.pruner import channel_choice as choice
 from tfx_compression.components.pruner import channel_graph
 from tfx_compression.components.pruner import channel_rebuild as rebuild
-from tfx_compression.components.pruner import schedules
-
-@dataclasses.dataclass
-class ChannelPruneResult:
-  """What :func:`prune_channels` returns.
-
-  Attributes:
-    model: the narrow tf_keras functional model, fine-tuned and compiled.
-    info: 'channels_kept' {layer: n}, 'channels_before' {layer: n} (the original
-      counts when ``original_channels`` was given), 'channels_input' {layer: n}
-      (counts of the model passed in), 'params_before', 'params_after',
-      'macs_before', 'macs_after', 'channel_sparsity' (removed / before over the
-      pruned layers), 'skipped' {layer: reason}, 'target_sparsity', 'ranking',
-      'norm', and 'eval_loss' when ``eval_ds`` was given.
-  """
-  model: Any
-  info: Dict[str, Any]
+from tfx_compression.components.pruner import channel_training
+from tfx_compression.components.pruner.channel_training import ChannelPruneResult
 
 
-
-def _check_steps(**steps) -> None:
-  for name, value in steps.items():
-    if value is None:
-      continue
-    if isinstance(value, bool) or not isinstance(value, int):
-      raise TypeError(f"`{name}` must be an int, got {type(value).__name__} "
-                      f"{value!r}.")
-    if value < (1 if name == "frequency" else 0):
-      raise ValueError(f"`{name}` must be >= {1 if name == 'frequency' else 0}, "
-                       f"got {value}.")
-
-
-
-
-class _GradualChannelPruning(keras.callbacks.Callback):
+class _GradualChannelPruning(channel_training.GradualMasks,
+                             keras.callbacks.Callback):
   """Masks the weakest channels at scheduled steps; keeps them zero after each step."""
 
-  def __init__(self, graph, classes, targets, schedule, norm):
-    super().__init__()
-    self._graph = graph
-    self._classes = classes
-    self._targets = targets
-    self._schedule = schedule
-    self._norm = norm
-    self._step = 0
-    self.dropped = np.zeros(len(graph.roots), bool)
-    self._pairs = None
+  def _mask_variable(self, init, var):
+    return tf.Variable(init, trainable=False, dtype=var.dtype)
 
-  def _bind(self):
-    pairs = []
-    # Every weight a pruned channel can touch, with ones until it is dropped.
-    ones = rebuild.weight_masks(self._graph,
-                                np.zeros(len(self._graph.roots), bool))
-    for key, init in ones.items():
-      name, s = key
-      var = next(w for w in self.model.get_layer(name).weights
-                 if channel_graph.short_name(w) == s)
-      pairs.append((key, var, tf.Variable(init, trainable=False, dtype=var.dtype)))
-    self._pairs = pairs
-    self._apply = tf.function(self._apply_masks)
+  def _multiply(self, var, mask):
+    return var * mask
 
-  def _apply_masks(self):
-    for _, var, mask in self._pairs:
-      var.assign(var * mask)
+  def _compile(self, fn):
+    return tf.function(fn)
 
-  def update(self, fraction: float):
-    if self._pairs is None:
-      self._bind()
-    targets = {k: int(math.floor(fraction * v + 0.5))
-               for k, v in self._targets.items()}
-    norms = choice.channel_norms(self.model, self._graph, self._norm)
-    self.dropped = choice.choose(self._graph, self._classes, norms, targets,
-                           self.dropped)
-    masks = rebuild.weight_masks(self._graph,
-                                 choice.expand(self._graph, self.dropped))
-    for key, _, mask in self._pairs:
-      mask.assign(masks[key].astype(mask.dtype.as_numpy_dtype))
-    self._apply()
 
-  def on_train_batch_begin(self, batch, logs=None):
-    fraction = self._schedule.get(self._step)
-    if fraction is not None:
-      self.update(fraction)
-
-  def on_train_batch_end(self, batch, logs=None):
-    self._step += 1
-    if self._pairs is not None and self.dropped.any():
-      self._apply()
+@contextlib.contextmanager
+def _seeded(seed: Optional[int]):
+  if seed is not None:
+    keras.utils.set_random_seed(seed)
+  yield
 
 
 def _fit(model, ds, steps: int, learning_rate: float, loss, parameter: str,
@@ -212,64 +143,19 @@ def prune_channels(model, train_ds, *, target_sparsity: float,
       :func:`channel_choice.removal_targets`.
     ValueError, TypeError: bad arguments, naming the parameter.
   """
-  choice.check_sparsity(target_sparsity)
-  choice.check_choice("ranking", ranking, choice.RANKINGS)
-  choice.check_choice("norm", norm, choice.NORMS)
-  _check_steps(train_steps=train_steps, finetune_steps=finetune_steps,
-               begin_step=begin_step, end_step=end_step, frequency=frequency)
-  schedule = schedules.schedule_steps(train_steps, begin_step, end_step,
-                                      frequency)
-  graph = channel_graph.analyze(model, layer_filter, explicit_layers)
-  targets = choice.removal_targets(graph, target_sparsity, ranking,
-                                   original_channels)
-  classes = choice.channel_classes(graph)
-  logging.info("Channel pruning %s to sparsity %s (%s, %s): %s.",
-               graph.prunable_layers(), target_sparsity, ranking, norm,
-               graph.channel_counts())
-  if seed is not None:
-    keras.utils.set_random_seed(seed)
-
-  work = rebuild.rebuild_narrow(graph, {})
-  callback = _GradualChannelPruning(graph, classes, targets, schedule, norm)
-  if train_steps > 0:
-    _fit(work, train_ds, train_steps, learning_rate, loss, "train_steps",
-         callbacks=[callback])
-  final = choice.choose(graph, classes, choice.channel_norms(work, graph, norm),
-                        targets, callback.dropped)
-  kept = choice.kept_from_dropped(graph, choice.expand(graph, final))
-  narrow = rebuild.rebuild_narrow(graph, kept, model=work)
-  _fit(narrow, train_ds, finetune_steps, learning_rate, loss, "finetune_steps",
-       decay=True)
-
-  info = _info(graph, model, narrow, kept, original_channels)
-  info.update(target_sparsity=float(target_sparsity), ranking=ranking,
-              norm=norm)
-  if eval_ds is not None:
-    info["eval_loss"] = float(narrow.evaluate(eval_ds, verbose=0))
-  logging.info("Channel pruning kept %s; params %d -> %d, MACs %d -> %d.",
-               info["channels_kept"], info["params_before"],
-               info["params_after"], info["macs_before"], info["macs_after"])
-  return ChannelPruneResult(narrow, info)
+  return channel_training.prune_channels(
+      _BACKEND, model, train_ds, target_sparsity=target_sparsity,
+      ranking=ranking, norm=norm, layer_filter=layer_filter,
+      explicit_layers=explicit_layers, train_steps=train_steps,
+      finetune_steps=finetune_steps, begin_step=begin_step, end_step=end_step,
+      frequency=frequency, learning_rate=learning_rate, loss=loss, seed=seed,
+      eval_ds=eval_ds, original_channels=original_channels)
 
 
-def _info(graph, model, narrow, kept, original_channels) -> Dict[str, Any]:
-  """What was removed and what it saved (see :class:`ChannelPruneResult`)."""
-  before = graph.channel_counts()
-  reference = {n: int((original_channels or {}).get(n, c))
-               for n, c in before.items()}
-  channels_kept = {n: int(v.size) for n, v in kept.items()}
-  return {
-      "channels_kept": channels_kept,
-      "channels_before": reference,
-      "channels_input": before,
-      "channel_sparsity": 1.0 - sum(channels_kept.values()) / max(
-          1, sum(reference.values())),
-      "params_before": int(model.count_params()),
-      "params_after": int(narrow.count_params()),
-      "macs_before": rebuild.count_macs(model),
-      "macs_after": rebuild.count_macs(narrow),
-      "skipped": dict(graph.skipped),
-  }
+_BACKEND = channel_training.Backend(
+    analyze=channel_graph.analyze, rebuild_narrow=rebuild.rebuild_narrow,
+    count_macs=rebuild.count_macs, fit=_fit, callback=_GradualChannelPruning,
+    seeded=_seeded)
 
 
 def export_narrow_model(narrow_model, original_model, path: str,

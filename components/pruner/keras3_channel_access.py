@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import keras
 import numpy as np
 
+from tfx_compression.components.pruner import channel_rules as rules
 from tfx_compression.components.pruner.channel_graph import ChannelPruningError
 from tfx_compression.components.pruner.keras2_channel_access import Node
 
@@ -25,34 +26,6 @@ from tfx_compression.components.pruner.keras2_channel_access import Node
 # pylint: disable=protected-access
 
 _L = keras.layers
-_PASSTHROUGH = tuple(getattr(_L, n) for n in (
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-    "GaussianNoise", "GaussianDropout", "ActivityRegularization",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D",
-    "AveragePooling2D", "AveragePooling3D", "GlobalAveragePooling1D",
-    "GlobalAveragePooling2D", "GlobalAveragePooling3D", "GlobalMaxPooling1D",
-    "GlobalMaxPooling2D", "GlobalMaxPooling3D", "ZeroPadding1D",
-    "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
-    "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D",
-    "RepeatVector", "Identity") if hasattr(_L, n))
-KINDS: Dict[type, str] = {
-    **{t: "conv" for t in (_L.Conv1D, _L.Conv2D, _L.Conv3D)},
-    **{t: "separable" for t in (_L.SeparableConv1D, _L.SeparableConv2D)},
-    **{t: "depthwise" for t in (_L.DepthwiseConv1D, _L.DepthwiseConv2D)},
-    **{t: "transposed" for t in (_L.Conv1DTranspose, _L.Conv2DTranspose,
-                                 _L.Conv3DTranspose)},
-    **{t: "passthrough" for t in _PASSTHROUGH},
-    **{t: "elementwise" for t in (_L.Activation, _L.ReLU, _L.LeakyReLU, _L.ELU,
-                                  _L.Softmax)},
-    **{t: "join" for t in (_L.Add, _L.Subtract, _L.Average, _L.Maximum,
-                           _L.Minimum)},
-    _L.Dense: "dense", _L.BatchNormalization: "batchnorm", _L.PReLU: "prelu",
-    _L.Reshape: "reshape", _L.Rescaling: "rescaling", _L.Flatten: "flatten",
-    _L.Concatenate: "concatenate", _L.Multiply: "multiply",
-}
-_TRANSPOSED = tuple(t for t, k in KINDS.items() if k == "transposed")
-_MAC_TYPES = tuple(t for t, k in KINDS.items()
-                   if k in ("dense", "conv", "separable", "depthwise"))
 # Operations a Keras tensor meets with a constant (MobileNetV3's hard-sigmoid is
 # relu6(x + 3) * (1 / 6)): class name in keras.src.ops.numpy -> the operation.
 _SCALAR_OPS: Dict[str, Callable[[Any, Any], Any]] = {
@@ -81,25 +54,19 @@ def _is_tensor(value) -> bool:
   return isinstance(value, keras.KerasTensor)
 
 
-class Keras3Access:
+class Keras3Access(rules.LayerKinds):
   """What channel analysis and rebuild need to know of Keras 3."""
 
   name = "Keras 3"
   # Keras 3 names a DepthwiseConv's kernel 'kernel' (tf_keras: 'depthwise_kernel').
   depthwise_kernel = "kernel"
 
-  def kind(self, layer) -> Optional[str]:
-    kind = KINDS.get(type(layer))
-    if (kind is None and type(layer).__module__ == "keras.src.ops.numpy"
-        and type(layer).__name__ in _SCALAR_OPS):
-      return "scalar_op"
-    return kind
+  def __init__(self):
+    super().__init__(_L)
 
-  def mac_kind(self, layer) -> Optional[str]:
-    """'transposed', 'conv' (any Dense/Conv/Depthwise, subclasses too) or None."""
-    if isinstance(layer, _TRANSPOSED):
-      return "transposed"
-    return "conv" if isinstance(layer, _MAC_TYPES) else None
+  def is_operation(self, layer) -> bool:
+    return (type(layer).__module__ == "keras.src.ops.numpy"
+            and type(layer).__name__ in _SCALAR_OPS)
 
   def shape(self, tensor) -> Optional[Tuple[Optional[int], ...]]:
     return tuple(tensor.shape)
