@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(QUIET_INSTALL) $(PY) -m pip install --quiet --disable-pip-version-check "pip==$(PIP_VERSION)"
 	@# TFX 1.16 declares Requires-Python <3.11 but runs on 3.11 (constraints.txt).
 	@$(QUIET_INSTALL) $(PY) -m pip install --quiet --disable-pip-version-check --ignore-requires-python \
-	  -c constraints.txt -e ".[test,kubeflow]"
+	  -c constraints.txt -e ".[test,kubeflow,dask]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

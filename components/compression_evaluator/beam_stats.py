@@ -1,9 +1,18 @@
-"""The CompressionEvaluator's Beam job: eval split -> per-batch stats -> totals.
+"""The CompressionEvaluator's Beam job: eval files -> per-file stats -> totals.
 
-:func:`compute_stats` reads the split's TFRecords, batches them, predicts with both
-models (each loaded once per worker) and sums the sufficient statistics of
+:func:`compute_stats` lists the split's TFRecord files, spreads them over the
+workers, and in each worker reads a file in batches, predicts with both models
+(each loaded once per worker) and sums the sufficient statistics of
 ``common/metrics.py``; every field is an integer, so the totals do not depend on the
-order in which a runner adds the batches.
+order in which a runner adds the files or the batches.
+
+The job uses only Create, Reshuffle, ParDo and CombineGlobally without defaults,
+and writes its one-line result from a ParDo: nothing that needs a runner to call
+a DoFn's ``setup`` or ``finish_bundle``, or to support side inputs or Beam's file
+sources. Beam's DaskRunner (2.59) has none of these, so the same job runs on it
+(``dask_runner.py``) as on the DirectRunner, Dataflow, Flink and Spark. Reading a
+whole file in one DoFn call costs no parallelism: Beam's TFRecord source cannot
+split a file either.
 
 Example:
 
@@ -17,7 +26,7 @@ import collections
 import dataclasses
 import json
 import os
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tfx_compression.components.common import features as features_lib
 from tfx_compression.components.common import progress
@@ -57,24 +66,39 @@ class _LoadedModels:
     self.predictors = {role: src.load() for role, src in sources.items()}
 
 
+def merge_role_stats(accumulators) -> Dict[str, MetricStats]:
+  """Adds {role: MetricStats} dicts; integer sums, order-independent."""
+  out = {}
+  for acc in accumulators:
+    for role, stats in acc.items():
+      out[role] = stats if role not in out else out[role].merge(stats)
+  return out
+
+
 def _stats_dofn_class():
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
 
   class StatsDoFn(beam.DoFn):
-    """Decodes a batch of serialized examples, predicts with every model."""
+    """Reads one record file in batches, predicts with every model."""
 
-    def __init__(self, shared_handle, decoder_spec, sources, top_k,
+    def __init__(self, shared_handle, decoder_spec, sources, batch_size, top_k,
                  output_kinds, total_examples=None):
       self._shared = shared_handle
       self._total = total_examples
       self._progress = None
       self._decoder_spec = decoder_spec
       self._sources = dict(sources)
+      self._batch_size = batch_size
       self._top_k = top_k
       self._kinds = dict(output_kinds or {})
       self._models = None
 
     def setup(self):
+      self._load()
+
+    def _load(self):
+      if self._models is not None:
+        return
       # Loaded once per worker process, shared by the DoFn instances in it.
       self._models = self._shared.acquire(
           lambda: _LoadedModels(self._decoder_spec, self._sources))
@@ -83,18 +107,28 @@ def _stats_dofn_class():
         self._progress = progress.Progress("evaluation", self._total,
                                            unit="examples")
 
-    def process(self, batch):
+    def process(self, path):
+      # Also here: Beam 2.59's DaskRunner calls process() without setup().
+      self._load()
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      records = tf.data.TFRecordDataset(
+          path, compression_type=features_lib.compression_type([path]))
+      totals = {}
+      for serialized in records.batch(self._batch_size):
+        totals = merge_role_stats([totals, self._batch_stats(serialized)])
+        if self._progress is not None:
+          self._progress.advance(int(serialized.shape[0]))
+      if totals:
+        yield totals
+
+    def _batch_stats(self, serialized) -> Dict[str, MetricStats]:
       features, labels, present = self._models.decoder.decode_with_presence(
-          tf.constant(list(batch), dtype=tf.string))
+          serialized)
       features = {k: v.numpy() for k, v in features.items()}
       labels, present = labels.numpy(), present.numpy()
-      stats = {role: batch_stats(p.predict(features), labels, self._top_k,
-                                 self._kinds.get(role), present)
-               for role, p in self._models.predictors.items()}
-      if self._progress is not None:
-        self._progress.advance(len(batch))
-      yield stats
+      return {role: batch_stats(p.predict(features), labels, self._top_k,
+                                self._kinds.get(role), present)
+              for role, p in self._models.predictors.items()}
 
   return StatsDoFn
 
@@ -103,20 +137,16 @@ def _merge_combine_fn():
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
 
   class MergeStats(beam.CombineFn):
-    """Adds per-batch {role: MetricStats}; integer sums, order-independent."""
+    """Adds per-file {role: MetricStats}; integer sums, order-independent."""
 
     def create_accumulator(self):
       return {}
 
     def add_input(self, acc, element):
-      return self.merge_accumulators([acc, element])
+      return merge_role_stats([acc, element])
 
     def merge_accumulators(self, accumulators):
-      out = {}
-      for acc in accumulators:
-        for role, stats in acc.items():
-          out[role] = stats if role not in out else out[role].merge(stats)
-      return out
+      return merge_role_stats(accumulators)
 
     def extract_output(self, acc):
       return acc
@@ -128,6 +158,24 @@ def _to_json(stats: Mapping[str, MetricStats]) -> str:
   return json.dumps({role: s.to_dict() for role, s in stats.items()})
 
 
+def _write_result(stats: Mapping[str, MetricStats], path: str) -> None:
+  """Writes the totals where the launcher reads them (a retry rewrites them)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  staged = path + ".incomplete"
+  with tf.io.gfile.GFile(staged, "w") as f:
+    f.write(_to_json(stats))
+  tf.io.gfile.rename(staged, path, overwrite=True)
+
+
+def record_files(file_patterns: Sequence[str]) -> List[str]:
+  """The record files the patterns match, sorted, directories left out."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  files = []
+  for pattern in file_patterns:
+    files.extend(sorted(tf.io.gfile.glob(pattern)))
+  return [f for f in files if not tf.io.gfile.isdir(f)]
+
+
 def compute_stats(pipeline, file_patterns: Sequence[str],
                   decoder_spec: DecoderSpec,
                   sources: Mapping[str, ModelSource], batch_size: int,
@@ -137,9 +185,11 @@ def compute_stats(pipeline, file_patterns: Sequence[str],
                   ) -> Dict[str, MetricStats]:
   """Runs the Beam pipeline over the eval split; {role: total MetricStats}.
 
-  TFRecords -> BatchElements(batch_size) -> a DoFn that loads every model once
-  per worker and emits each batch's stats -> CombineGlobally(sum). Memory per
-  worker is one batch plus the fixed-size statistics.
+  File names -> Reshuffle (spreads the files over the workers) -> a DoFn that
+  loads every model once per worker, reads its file in batches of
+  ``batch_size`` and emits the file's stats -> CombineGlobally(sum) -> a
+  one-line JSON file. Memory per worker is one batch plus the fixed-size
+  statistics.
 
   Args:
     pipeline: a beam.Pipeline (the executor's, so beam_pipeline_args apply).
@@ -148,7 +198,8 @@ def compute_stats(pipeline, file_patterns: Sequence[str],
     sources: {role: ModelSource}.
     batch_size: examples per prediction batch.
     top_k: k of top-k accuracy.
-    work_dir: a local or remote directory for the one-line result file.
+    work_dir: a directory every worker can write (the execution's temporary
+      directory on a remote runner) for the one-line result file.
     output_kinds: {role: 'probabilities' | 'logits'}; a role left out is
       decided per row.
     total_examples: the split's size, for progress reports (examples done of
@@ -162,20 +213,24 @@ def compute_stats(pipeline, file_patterns: Sequence[str],
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   out_path = os.path.join(work_dir, "metric_stats.json")
+  if tf.io.gfile.exists(out_path):
+    tf.io.gfile.remove(out_path)  # a previous attempt's
+  files = record_files(file_patterns)
+  if not files:
+    return {}
   with pipeline as p:
-    reads = [p | f"Read[{i}]" >> beam.io.ReadFromTFRecord(pattern)
-             for i, pattern in enumerate(file_patterns)]
-    records = reads[0] if len(reads) == 1 else reads | beam.Flatten()
-    _ = (records
-         | "Batch" >> beam.BatchElements(min_batch_size=batch_size,
-                                         max_batch_size=batch_size)
+    _ = (p
+         | "Files" >> beam.Create(files)
+         | "Spread" >> beam.Reshuffle()
          | "Predict" >> beam.ParDo(_stats_dofn_class()(
-             shared.Shared(), decoder_spec, sources, top_k, output_kinds,
-             total_examples))
-         | "Sum" >> beam.CombineGlobally(_merge_combine_fn())
-         | "ToJson" >> beam.Map(_to_json)
-         | "Write" >> beam.io.WriteToText(out_path, shard_name_template="",
-                                          num_shards=1))
+             shared.Shared(), decoder_spec, sources, batch_size, top_k,
+             output_kinds, total_examples))
+         # Without defaults: a runner need not support the side input that
+         # gives an empty input its default; no output reads as no example.
+         | "Sum" >> beam.CombineGlobally(_merge_combine_fn()).without_defaults()
+         | "Write" >> beam.Map(_write_result, out_path))
+  if not tf.io.gfile.exists(out_path):
+    return {}
   with tf.io.gfile.GFile(out_path) as f:
     payload = json.loads(f.read().strip() or "{}")
   return {role: MetricStats.from_dict(d) for role, d in payload.items()}
