@@ -326,14 +326,16 @@ def plan_svgs(report: EvaluationReport) -> List[Tuple[str, str]]:
     pts = [c for c in cands if finite(c.get(field))]
     if not pts:
       continue
-    xs = [c[field] / scale for c in pts]
+    # Log scale: candidates span one to two orders of magnitude.
+    xs = [math.log10(max(c[field] / scale, 1e-9)) for c in pts]
     ys = [c["metric"] for c in pts] + [v for v in (base, bound) if finite(v)]
-    chart = _Chart((0.0, max(xs) * 1.12), _padded(ys, bounded),
+    pad = max(0.05, (max(xs) - min(xs)) * 0.06)
+    chart = _Chart((min(xs) - pad, max(xs) + pad), _padded(ys, bounded),
                    title=f"Plan: {metric} against {label} (Pareto front)")
-    chart.axes(f"{label} ({unit})", metric)
+    chart.axes(f"{label} ({unit}, log scale)", metric,
+               xfmt=lambda v: f"{10 ** v:.3g}")
     if finite(base):
-      chart.hline(base, _BASELINE_COLOR, f"baseline {base:.4f}", dash="2 3",
-                  label_at="left")
+      chart.hline(base, _BASELINE_COLOR, f"baseline {base:.4f}", dash="2 3")
     if finite(bound):
       chart.hline(bound, _PASS_COLOR,
                   f"gate {'≥' if higher else '≤'} {bound:.4f}")

@@ -296,15 +296,41 @@ class _Planner:
       if not passed:
         break
       sparsity_now = result.stats.get("sparsity")
-      self.convert(result.model, label, float(sparsity), sparsity_now)
+      converted = self.convert(result.model, label, float(sparsity),
+                               sparsity_now)
       if config_lib.NO_QUANTIZATION in self.config.quantization_modes:
-        if structure == config_lib.CHANNELS_THEN_UNSTRUCTURED:
-          result.structure = config_lib.CHANNELS  # a narrow model's export
-        self.keep_saved_model(result, label, float(sparsity), step, metrics)
+        why_skip = self.saved_model_dominated(converted)
+        if why_skip:
+          self.skipped.append({"structure": f"{label} {sparsity:g} none",
+                               "why": why_skip})
+          logging.info("Plan: skipping %s %g none: %s.", label, sparsity,
+                       why_skip)
+        else:
+          if structure == config_lib.CHANNELS_THEN_UNSTRUCTURED:
+            result.structure = config_lib.CHANNELS  # a narrow model's export
+          self.keep_saved_model(result, label, float(sparsity), step, metrics)
       last = result
       current = result.model
       state["previous"] = sparsity
     return last
+
+  def saved_model_dominated(self, converted: List[Candidate]
+                            ) -> Optional[str]:
+    """Why this step's SavedModel (mode 'none') cannot win, or None.
+
+    With a size objective, a passing TFLite conversion of the same model is
+    smaller than its SavedModel (which stores every weight as float32 beside
+    the graph) at the same pruning, so exporting and timing it is wasted."""
+    if self.config.objective == "latency":
+      return None
+    passing = [c for c in converted if c.passed]
+    if not passing:
+      return None
+    best = min(passing, key=lambda c: c.objective_value(self.config.objective))
+    return (f"objective {self.config.objective!r}: the same model's {best.mode} "
+            f"TFLite conversion passed with "
+            f"{best.objective_value(self.config.objective):,} bytes, and a "
+            "SavedModel of it is larger (float32 weights plus the graph)")
 
   def size_bound_skip(self, structure: str, start_indices: List[int]
                       ) -> Optional[str]:

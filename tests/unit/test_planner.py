@@ -99,6 +99,18 @@ def test_choice_is_the_smallest_passing_ties_to_the_better_metric():
   assert planning.choose([cands[1]], "size", True) is None
 
 
+def test_a_saved_model_is_skipped_when_a_passing_tflite_of_it_is_smaller():
+  import types  # pylint: disable=g-import-not-at-top
+  converted = [cand(0, 3000, 0.9, gzip=2000), cand(1, 2000, 0.8, passed=False)]
+  why = planning._Planner.saved_model_dominated(
+      types.SimpleNamespace(config=cfg()), converted)
+  assert "int8 TFLite conversion passed with 3,000 bytes" in why
+  assert planning._Planner.saved_model_dominated(
+      types.SimpleNamespace(config=cfg(objective="latency")), converted) is None
+  assert planning._Planner.saved_model_dominated(
+      types.SimpleNamespace(config=cfg()), converted[1:]) is None
+
+
 # The search, on a tiny model.
 
 
