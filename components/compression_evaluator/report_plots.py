@@ -353,7 +353,7 @@ def plan_svgs(report: EvaluationReport) -> List[Tuple[str, str]]:
       if c.get("index") == plan.get("chosen_index"):
         chart.point(xs[i], c["metric"], _INK,
                     f"chosen: {c.get('structure')} {c.get('mode')}",
-                    shape="diamond", label_side="below")
+                    shape="diamond", label_side="above")
     out.append((chart.svg(f"Plan candidates: {metric} against {label}"),
                 label))
   return out
