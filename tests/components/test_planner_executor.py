@@ -37,7 +37,7 @@ def planned(tiny_digits_artifact, examples_artifact, schema_artifact,
             tmp_path_factory):
   out = standard_artifacts.Model()
   out.uri = str(tmp_path_factory.mktemp("plan") / "compressed_model")
-  props = dict(label_key="label", structures="channels", sparsities="0.5",
+  props = dict(label_key="label", structures="channels", sparsities="0.25",
                search_steps=10, finetune_steps=2, quantization_modes="int8,none",
                latency_samples=5, max_drop=0.2, num_representative_samples=32,
                # 'latency': the SavedModel candidate is exported and timed too
