@@ -11,6 +11,7 @@ from tfx import types
 from tfx.dsl.components.base import base_executor
 
 from tfx_compression.components.common import artifacts
+from tfx_compression.components.common import distribute
 from tfx_compression.components.common import model_io
 from tfx_compression.components.common import model_stats
 from tfx_compression.components.common import side_files
@@ -54,11 +55,20 @@ class Executor(base_executor.BaseExecutor):
     data = inputs.read_data(model, examples, schema, transform_dir, input_fn,
                             config)
 
-    serving = os.path.join(pruned_artifact.uri, model_io.SERVING_DIR)
+    out_uri, run_uri = pruned_artifact.uri, run_artifact.uri
+    chief = distribute.is_chief()
+    if not chief:
+      # TFX's Trainer rule: in a multi-worker run every worker fine-tunes (the
+      # all-reduce needs them all) but only the chief writes the outputs.
+      out_uri = tempfile.mkdtemp(prefix="pruner-worker-")
+      run_uri = os.path.join(out_uri, "model_run")
+      logging.info("Pruner: not the chief (TF_CONFIG); outputs go to %s.",
+                   out_uri)
+    serving = os.path.join(out_uri, model_io.SERVING_DIR)
     # Both outputs appear only if everything succeeds: no partial model.
-    with _scratch_inside(pruned_artifact.uri), \
+    with _scratch_inside(out_uri), \
         model_io.staged_output(serving) as model_dir, \
-        model_io.staged_output(run_artifact.uri) as log_dir:
+        model_io.staged_output(run_uri) as log_dir:
       outcome = pruning.prune_and_export(
           model, data.train_ds, config, model_dir, eval_ds=data.eval_ds,
           log_dir=log_dir, custom_objects=custom_objects,
@@ -69,7 +79,9 @@ class Executor(base_executor.BaseExecutor):
       properties["saved_model_bytes"] = model_stats.dir_bytes(model_dir)
       properties["baseline_saved_model_bytes"] = model_stats.dir_bytes(source)
 
-    if outcome.search is not None:
+    if not chief:
+      shutil.rmtree(out_uri, ignore_errors=True)
+    elif outcome.search is not None:
       # Beside the model, not inside Format-Serving: the Pusher pushes that
       # directory, and the curve is not part of the model.
       side_files.write_pruning_search(pruned_artifact.uri,

@@ -386,3 +386,51 @@ def test_distillation_through_the_executor(tmp_path, model_artifact,
   assert 0.0 < out.get_custom_property("eval_accuracy") <= 1.0
   model = keras.models.load_model(model_io.serving_dir(out.uri), compile=False)
   assert "serving_default" in model.signatures
+
+
+def test_a_worker_that_is_not_the_chief_writes_no_output(
+    tmp_path, model_artifact, examples_artifact, schema_artifact, monkeypatch):
+  # #21, multi-worker fine-tuning: every worker runs the executor and trains
+  # (the all-reduce needs them all); as with TFX's Trainer only the chief
+  # writes the outputs.
+  written = {}
+
+  def pruned(model, train_ds, config, export_dir, **kwargs):
+    written.update(export_dir=export_dir, log_dir=kwargs["log_dir"])
+    for path in (export_dir, kwargs["log_dir"]):
+      with open(os.path.join(path, "file"), "w") as f:
+        f.write("x")
+    props = dict(sparsity=0.5, target_sparsity=0.5, zero_count=1,
+                 param_count=2, baseline_gzip_weight_bytes=3,
+                 gzip_weight_bytes=2)
+    return _FakeOutcome(props)
+
+  monkeypatch.setattr(pruning, "prune_and_export", pruned)
+  worker = {"cluster": {"chief": ["c:2222"], "worker": ["w:2222"]},
+            "task": {"type": "worker", "index": 0}}
+  monkeypatch.setenv("TF_CONFIG", json.dumps(worker))
+  _run(tmp_path, model_artifact, examples_artifact, schema_artifact,
+       name="worker", distribution="off")
+  assert not os.path.exists(tmp_path / "worker" / "model_run")
+  assert not os.path.exists(tmp_path / "worker" / "pruned_model" /
+                            model_io.SERVING_DIR)
+  assert not os.path.exists(written["export_dir"])  # The worker's copy is gone.
+  # The chief of the same cluster writes both.
+  monkeypatch.setenv("TF_CONFIG", json.dumps(
+      dict(worker, task={"type": "chief", "index": 0})))
+  out, run = _run(tmp_path, model_artifact, examples_artifact,
+                  schema_artifact, name="chief", distribution="off")
+  assert os.listdir(os.path.join(out.uri, model_io.SERVING_DIR)) == ["file"]
+  assert os.listdir(run.uri) == ["file"]
+
+
+class _FakeOutcome:
+  """What prune_and_export returns, as far as the executor reads it."""
+
+  def __init__(self, props):
+    self._props = props
+    self.search = None
+    self.result = type("Result", (), {"metrics": {}, "baseline_metrics": {}})()
+
+  def properties(self):
+    return dict(self._props)
