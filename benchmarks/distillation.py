@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.distillation                       # 90%, seeds 0,1,2
     .venv/bin/python -m benchmarks.distillation --weights 0,0.5 --temperature 4
     .venv/bin/python -m benchmarks.distillation --structure channels --sparsity 0.85
+    .venv/bin/python -m benchmarks.distillation --qat --weights 0,0.5,0.9   # QAT
 
 The demo CNN (``tests/fixtures.train_digits_model``: the digits Trainer's
 architecture, trained ``--train-steps`` steps in batches of 64 on the first two
@@ -14,6 +15,11 @@ mean accuracy points lost per weight. Per seed, one more line says what the
 teacher knows about the fine-tuning examples: its accuracy on them and its mean
 top probability, at T=1 and at ``--temperature`` (a teacher that is one-hot on
 them adds little to their labels).
+
+With ``--qat`` the fine-tuning compared is the Quantizer's QAT (its defaults:
+200 steps, Adam 1e-4) of the plainly pruned model, which is then the teacher;
+the accuracy is the int8 TFLite model's, and the loss is counted against the
+pruned Keras model (the QAT input).
 
 Issue #20's goal: distillation recovers at least half of the points plain
 fine-tuning (weight 0) loses, and is never worse by more than one eval example.
@@ -62,6 +68,55 @@ def _teacher_on_train(model, temperature: float) -> dict:
                   tempered.max(axis=1).mean()), 4))
 
 
+def _tflite_accuracy(flatbuffer: bytes, io: dict) -> float:
+  """Accuracy of a TFLite model on the eval third, one example at a time."""
+  from tfx_compression.components.common import tflite_runtime  # pylint: disable=g-import-not-at-top
+  x, y = fixtures.digits_arrays()
+  n = 2 * len(y) // 3
+  runner = tflite_runtime.make_interpreter(
+      model_content=flatbuffer, num_threads=1).get_signature_runner(
+          io["signature_key"])
+  inputs = {i["name"]: i for i in io["inputs"]}
+  (out,) = io["outputs"]
+  correct = 0
+  for row in range(n, len(y)):
+    feed = {}
+    for i, name in enumerate(fixtures.FEATURES):
+      v, spec = x[row:row + 1, i:i + 1].astype(np.float32), inputs[name]
+      if spec["dtype"] != "float32":
+        q = spec["quantization"]
+        v = np.round(v / q["scale"] + q["zero_point"])
+      feed[name] = v.astype(spec["dtype"])
+    correct += int(np.argmax(runner(**feed)[out["name"]]) == y[row])
+  return correct / (len(y) - n)
+
+
+def _qat_runs(args, seed: int, model, train, evaluation, n_eval, lost) -> None:
+  """Prunes plainly, then QAT of the pruned model with each weight."""
+  from tfx_compression.components.quantizer import quantization  # pylint: disable=g-import-not-at-top
+  from tfx_compression.components.quantizer.config import QuantizerConfig  # pylint: disable=g-import-not-at-top
+  r = pruning.prune_model(model, train, PrunerConfig(
+      target_sparsity=args.sparsity, seed=seed,
+      sparsity_structure=args.structure), eval_ds=evaluation)
+  base = r.metrics["accuracy"]
+  for weight in [float(w) for w in args.weights.split(",")]:
+    start = time.time()
+    q = quantization.quantize(
+        r.model, QuantizerConfig(quantization="qat", label_key="label",
+                                 seed=seed, distillation_weight=weight,
+                                 distillation_temperature=args.temperature),
+        representative_data=train.unbatch().batch(1),
+        train_data=train.repeat(), measure_float=False)
+    acc = _tflite_accuracy(q.tflite_model, q.io)
+    lost.setdefault(weight, []).append(100 * (base - acc))
+    print(json.dumps(dict(
+        seed=seed, stage="qat", weight=weight, temperature=args.temperature,
+        pruned_keras=round(base, 4), int8_tflite=round(acc, 4),
+        examples_lost=round((base - acc) * n_eval),
+        sparsity=round(q.stats["sparsity"], 4),
+        seconds=round(time.time() - start, 1))), flush=True)
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--sparsity", type=float, default=0.9)
@@ -71,6 +126,8 @@ def main() -> None:
   p.add_argument("--train-steps", type=int, default=600)
   p.add_argument("--weights", default="0,0.5,0.9")
   p.add_argument("--temperature", type=float, default=2.0)
+  p.add_argument("--qat", action="store_true",
+                 help="compare the Quantizer's QAT of the pruned model instead")
   args = p.parse_args()
   lost = {}
   for seed in [int(s) for s in args.seeds.split(",")]:
@@ -79,6 +136,9 @@ def main() -> None:
     print(json.dumps(dict(seed=seed, temperature=args.temperature,
                           **_teacher_on_train(model, args.temperature))),
           flush=True)
+    if args.qat:
+      _qat_runs(args, seed, model, train, evaluation, n_eval, lost)
+      continue
     for weight in [float(w) for w in args.weights.split(",")]:
       start = time.time()
       r = pruning.prune_model(model, train, PrunerConfig(
