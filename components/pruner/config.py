@@ -137,8 +137,9 @@ class PrunerConfig:
       ``custom_objects``.
     distillation_weight: w in [0, 1]: fine-tune on (1 - w) * task loss +
       w * T^2 * KL(teacher || student), the teacher being the input model,
-      frozen (see ``distillation.py``). 0 (default) is plain fine-tuning, bit
-      for bit; not benchmarked enough yet to be on by default.
+      frozen (see ``common/distillation.py``). 0 (default) is plain
+      fine-tuning, bit for bit; off by default because on the demo it has
+      not beaten plain fine-tuning (benchmarks/README.md, "Distillation").
     distribution: the ``tf.distribute`` strategy of the fine-tuning: 'auto'
       (several workers in TF_CONFIG: MultiWorkerMirroredStrategy; else several
       GPUs: MirroredStrategy; else one device), 'mirrored', 'multi_worker' or
