@@ -8,6 +8,7 @@ from tfx import types
 from tfx.dsl.components.base import base_executor
 
 from tfx_compression.components.common import artifacts
+from tfx_compression.components.common import distribute
 from tfx_compression.components.common import model_io
 from tfx_compression.components.common import side_files
 from tfx_compression.components.common import user_module
@@ -54,6 +55,11 @@ class Executor(base_executor.BaseExecutor):
     result = quantization.quantize(
         model, config, representative_data=representative, train_data=train,
         preprocessing="transform" if transform is not None else "none")
+    if not distribute.is_chief():
+      # TFX's Trainer rule (the Pruner's too): in a multi-worker QAT every
+      # worker fine-tunes (the all-reduce needs them all), the chief writes.
+      logging.info("Quantizer: not the chief (TF_CONFIG); nothing written.")
+      return
 
     with model_io.staged_output(output.uri) as staging:
       serving = os.path.join(staging, model_io.SERVING_DIR)

@@ -273,3 +273,21 @@ def test_keras3_qat_is_refused_naming_int8(tmp_path, keras3_model_artifact,
     run(keras3_model_artifact, output, examples_artifact, schema_artifact,
         quantization="qat", label_key="label", qat_steps=2)
   assert not os.listdir(output.uri)
+
+
+def test_only_the_chief_writes_in_a_multi_worker_run(tmp_path, model_artifact,
+                                                     monkeypatch):
+  # #21: as the Pruner (and TFX's Trainer), every worker runs the executor,
+  # only the chief writes the model.
+  cluster = {"chief": ["c:2222"], "worker": ["w:2222"]}
+  monkeypatch.setenv("TF_CONFIG", json.dumps(
+      {"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+  worker = output_model(tmp_path, "worker")
+  run(model_artifact, worker, quantization="dynamic", distribution="off")
+  assert os.listdir(worker.uri) == []
+  monkeypatch.setenv("TF_CONFIG", json.dumps(
+      {"cluster": cluster, "task": {"type": "chief", "index": 0}}))
+  chief = output_model(tmp_path, "chief")
+  run(model_artifact, chief, quantization="dynamic", distribution="off")
+  assert sorted(os.listdir(os.path.join(chief.uri, "Format-Serving"))) == [
+      "model.tflite", "tflite_io.json"]
