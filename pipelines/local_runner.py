@@ -17,6 +17,7 @@ import argparse
 import glob
 import os
 import re
+import shlex
 import sys
 import tempfile
 from typing import List, Optional
@@ -117,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--keras", type=int, choices=(2, 3), default=2,
                  help="train the demo CNN with tf_keras (2) or Keras 3 (3); the "
                       "components follow the model (default: %(default)s)")
+  p.add_argument("--evaluator-beam-args", default=None, metavar='"ARGS"',
+                 help="Beam pipeline arguments for the CompressionEvaluator's job "
+                      "only, in one quoted string, e.g. \"--runner=tfx_compression."
+                      "components.compression_evaluator.dask_runner.DaskRunner "
+                      "--dask_client_address=tcp://127.0.0.1:8786\"; one flag alone "
+                      "as --evaluator-beam-args=--flag=value (the other steps "
+                      "keep the in-memory DirectRunner)")
   p.add_argument("--no-cache", action="store_true",
                  help="re-run every step even when its inputs are unchanged")
   p.add_argument("--verbose", action="store_true",
@@ -171,6 +179,8 @@ def check_args(args) -> None:
             f"step count). Use a smaller number of steps.")
   if args.search_sparsities is not None:
     _check_search_sparsities(args.search_sparsities)
+  if args.evaluator_beam_args is not None:
+    evaluator_beam_args(args.evaluator_beam_args)
   _check_plan(args)
   if args.pack_inputs and args.quantization == "none":
     _fail("--pack-inputs needs a Quantizer (--quantization none gates the "
@@ -180,6 +190,22 @@ def check_args(args) -> None:
     _fail(f"--int8-io {args.int8_io!r} needs --quantization int8 or qat (only a "
           f"full-integer model has integer inputs; got --quantization "
           f"{args.quantization!r}). Drop --int8-io or change --quantization.")
+
+
+def evaluator_beam_args(text: str) -> List[str]:
+  """The --evaluator-beam-args string as a list of Beam flags; exits 2 if malformed."""
+  example = ('e.g. --evaluator-beam-args "--runner=DirectRunner '
+             '--direct_num_workers=2"')
+  try:
+    flags = shlex.split(text)
+  except ValueError as e:
+    _fail(f"--evaluator-beam-args {text!r} cannot be split into arguments "
+          f"({e}); quote it as a shell would, {example}.")
+  bad = [f for f in flags if not f.startswith("--")] or ([] if flags else [text])
+  if bad:
+    _fail(f"--evaluator-beam-args {text!r}: {bad[0]!r} is not a --flag; give "
+          f"Beam pipeline flags, {example}.")
+  return flags
 
 
 def _check_search_sparsities(text: str) -> None:
@@ -315,6 +341,12 @@ def main(argv: Optional[List[str]] = None) -> int:
   except (ValueError, TypeError) as e:
     session.abort()
     _fail(str(e))
+  if args.evaluator_beam_args is not None:
+    from tfx_compression.components.compression_evaluator import component as evaluator_lib  # pylint: disable=g-import-not-at-top
+    for node in pipe.components:
+      if isinstance(node, evaluator_lib.CompressionEvaluator):
+        # After the pipeline's own arguments, so these win.
+        node.with_beam_pipeline_args(evaluator_beam_args(args.evaluator_beam_args))
   try:
     session.keep_log(os.path.join(out, "logs"))
     if args.data_dir is None:

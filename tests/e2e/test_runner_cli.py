@@ -30,6 +30,8 @@ def test_help_names_the_options():
     (["--target-sparsity", "1.5"], "target_sparsity"),
     (["--prune-steps", str(2**31)], "--prune-steps 2147483648 is too large"),
     (["--search-sparsities", "0.5,,0.7"], "--search-sparsities '0.5,,0.7'"),
+    (["--evaluator-beam-args", "runner=DirectRunner"],
+     "'runner=DirectRunner' is not a --flag"),
 ])
 def test_bad_arguments(tmp_path, args, needle):
   out = tmp_path / "out"
