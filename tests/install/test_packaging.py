@@ -70,6 +70,7 @@ def test_wheel_installs_only_tfx_compression(wheel):
                "tfx_compression/components/pruner/executor.py",
                "tfx_compression/components/quantizer/executor.py",
                "tfx_compression/components/compression_evaluator/executor.py",
+               "tfx_compression/components/compression_planner/executor.py",
                "tfx_compression/pipelines/local_runner.py",
                "tfx_compression/pipelines/trainers/digits_trainer.py"]:
     assert path in names, path
