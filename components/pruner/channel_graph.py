@@ -1,16 +1,19 @@
-"""Which output channels of a tf_keras functional model can be removed.
+"""Which output channels of a functional model can be removed (tf_keras or Keras 3).
 
 :func:`analyze` walks the functional graph once and follows every output channel of
 the Dense / Conv1D / Conv2D / Conv3D / SeparableConv1D / SeparableConv2D layers
-through the layers that consume it. What each layer type does to the channels
+through the layers that consume it. What each layer kind does to the channels
 flowing in is one rule in a table (``channel_rules``: ``RULES`` for layers that always
 matter, ``FLOWING_RULES`` for layers that only matter when prunable channels reach them):
 BatchNormalization, DepthwiseConv, pooling, activations, Dropout, Flatten -> Dense
 re-indexing, a Reshape that keeps the channel axis, Concatenate offsets, and the
 joins (Add / Subtract / Multiply / Average / Maximum / Minimum) that tie channels
-so joined tensors lose the same ones. A channel that reaches a model output or a
-layer the rebuild cannot follow (Lambda, TF-op layers, custom layers, a Reshape or
-Permute that moves the channel axis, LayerNormalization, ...) is kept.
+so joined tensors lose the same ones; a gating Multiply (squeeze-and-excitation)
+takes the gate's units with the channels it gates. A channel that reaches a model
+output or a layer the rebuild cannot follow (Lambda, TF-op layers, custom layers, a
+Reshape or Permute that moves the channel axis, LayerNormalization, ...) is kept.
+The same code serves both Kerases: what differs is asked of an access object
+(``keras2_channel_access``, the default, or ``keras3_channel_access``).
 
 Example:
 
