@@ -13,7 +13,7 @@ Example:
     narrow = rebuild_narrow(graph, {"conv1": [0, 2, 5], "dense1": range(64)})
 """
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
