@@ -175,7 +175,8 @@ class Pruner(base_component.BaseComponent):
         step must pass, with the CompressionEvaluator's rules.
       distillation_weight, distillation_temperature: fine-tune towards the
         input model's outputs too (w in [0, 1], 0 = off; temperature T > 0);
-        see components/common/distillation.py. Not with the search yet.
+        see components/common/distillation.py. In the search too: every
+        step distils from the input model.
       distribution: the fine-tuning's tf.distribute strategy: 'auto' (several
         workers in TF_CONFIG, else several GPUs, else one device), 'mirrored',
         'multi_worker' or 'off' (common/distribute.py).

@@ -137,7 +137,8 @@ class PrunerConfig:
       ``custom_objects``.
     distillation_weight: w in [0, 1]: fine-tune on (1 - w) * task loss +
       w * T^2 * KL(teacher || student), the teacher being the input model,
-      frozen (see ``common/distillation.py``). 0 (default) is plain
+      frozen (see ``common/distillation.py``); in the search, every step
+      distils from that same input model. 0 (default) is plain
       fine-tuning, bit for bit; off by default because on the demo it has
       not beaten plain fine-tuning (benchmarks/README.md, "Distillation").
     distribution: the ``tf.distribute`` strategy of the fine-tuning: 'auto'
@@ -351,11 +352,6 @@ class PrunerConfig:
   def _validate_distillation(self):
     w = self.distillation_weight
     checks.check_distillation(w, self.distillation_temperature)
-    if w > 0 and self.is_search:
-      raise ValueError(
-          f"`distillation_weight`={w!r} is not available with the pruning "
-          "search (`search_sparsities` is set) yet; set distillation_weight=0, "
-          "or prune to a fixed target_sparsity without search_sparsities.")
 
   @property
   def distills(self) -> bool:

@@ -193,7 +193,8 @@ class ContinuedPruning(training_common.StagedPruning):
                             self._schedule)
     with deterministic(self.seed):
       self.model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
-                         loss=self._loss)
+                         loss=self._loss,
+                         metrics=distillation.train_metrics(self._loss))
 
   def _fit_stage(self, train_ds, steps: int) -> None:
     _fit(self.model, train_ds, steps, steps, self._masking,

@@ -29,7 +29,6 @@ from tfx_compression.components.common import distribute
 from tfx_compression.components.common import keras_env
 from tfx_compression.components.common import model_stats
 from tfx_compression.components.pruner import config as config_lib
-from tfx_compression.components.common import distillation
 from tfx_compression.components.pruner import search as search_lib
 from tfx_compression.components.pruner import strategy as strategy_lib
 # The result and the errors, where callers have always found them.
@@ -118,13 +117,8 @@ def _prune_model(model, train_ds, config, *, eval_ds, log_dir, loss,
     baseline_gzip = model_stats.weights_gzip_bytes(plain.get_weights())
   _log_eval(log_dir, "baseline", baseline, 0)
 
-  train_loss = loss
-  if config.distills:
-    with backend.deterministic(config.seed):
-      teacher = backend.clone_model(model)  # Frozen; the pruning never sees it.
-    train_loss, train_ds = distillation.for_model(
-        model, teacher, loss, train_ds, weight=config.distillation_weight,
-        temperature=config.distillation_temperature)
+  train_loss, train_ds = strategy_lib.fine_tuning(model, loss, train_ds,
+                                                   config)
   run = strategy_lib.Run(loss=train_loss, layers=layers, steps=steps,
                          eval_ds=eval_ds, log_dir=log_dir,
                          train_examples=train_examples)

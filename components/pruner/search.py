@@ -152,7 +152,9 @@ def search_sparsity(model, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset,
     config: the Pruner's parameters (``search_sparsities``, ``search_steps``,
       structure, schedule, learning rate, seed, layer selection).
     gate: the thresholds each step must pass.
-    loss: the fine-tuning loss.
+    loss: the model's own loss. With ``config.distills`` every step
+      fine-tunes on the distillation loss towards the input model (one frozen
+      teacher for the whole search); the chosen model keeps ``loss``.
     log_dir: TensorBoard directory; the curve is written under ``search/``.
     stage_fn: replaces one step's pruning (tests); called like :func:`_stage`.
 
@@ -175,6 +177,7 @@ def search_sparsity(model, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset,
   logging.info("Search: baseline %s = %.4f; trying sparsities %s with %s.",
                gate.metric, baseline, stage_sparsities(config), gate)
   writer = tf.summary.create_file_writer(f"{log_dir}/search") if log_dir else None
+  train_loss, train_ds = strategy_lib.fine_tuning(model, loss, train_ds, config)
 
   steps: List[SearchStep] = []
   chosen: Optional[Tuple[SearchStep, PruneResult, List[Any]]] = None
@@ -182,7 +185,7 @@ def search_sparsity(model, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset,
   for index, sparsity in enumerate(stage_sparsities(config)):
     start = time.perf_counter()
     stage_result = stage_fn(current, train_ds, config, sparsity, state,
-                            loss=loss, layers=layers, index=index,
+                            loss=train_loss, layers=layers, index=index,
                             eval_ds=eval_ds)
     candidate = stage_result.model
     with backend.deterministic(config.seed):
@@ -212,6 +215,8 @@ def search_sparsity(model, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset,
     model = backend.clone_model(stage_result.model)
     model.set_weights(weights)
     stage_result.model = model
+  if config.distills:
+    stage_result.model.compile(loss=loss)  # Saved with its own loss.
   logging.info("Search chose sparsity %.3f (%s %.4f) after %d step(s).",
                step.sparsity, gate.metric, step.metric, len(steps))
   stage_result.metrics = dict(step.metrics)

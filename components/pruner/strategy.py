@@ -223,6 +223,30 @@ def backend(model, kind: str = "magnitude"):
         "M:N structure, or save the model with tf_keras (Keras 2).") from e
 
 
+def fine_tuning(model, loss, train_ds, config) -> Tuple[Any, Any]:
+  """(the loss, the train batches) every fine-tuning of ``config`` trains on.
+
+  With ``config.distills``: the distillation loss and the batches carrying the
+  teacher's outputs, the teacher being ``model`` cloned once and frozen
+  (``common/distillation.py``); a search reuses them for every step, so the
+  teacher stays the input model. Else ``loss`` and ``train_ds`` unchanged.
+
+  Example:
+
+      train_loss, train_ds = fine_tuning(model, loss, train_ds, config)
+  """
+  if not config.distills:
+    return loss, train_ds
+  # Imported here: this module stays free of TensorFlow until a model is pruned.
+  from tfx_compression.components.common import distillation  # pylint: disable=g-import-not-at-top
+  backend_ = backend(model)
+  with backend_.deterministic(config.seed):
+    teacher = backend_.clone_model(model)  # Frozen; the pruning never sees it.
+  return distillation.for_model(
+      model, teacher, loss, train_ds, weight=config.distillation_weight,
+      temperature=config.distillation_temperature)
+
+
 def output_activation(model) -> Optional[str]:
   """The name of a single-output model's last activation ('softmax', ...)."""
   if len(model.outputs) != 1:

@@ -17,6 +17,8 @@ from tests.fixtures import tiny_data
 from tests.fixtures import tiny_model
 from tfx_compression.components.common import distillation
 from tfx_compression.components.pruner import pruning
+from tfx_compression.components.pruner import search
+from tfx_compression.components.pruner import strategy as strategy_lib
 from tfx_compression.components.pruner.config import PrunerConfig
 
 STEPS = 30
@@ -47,10 +49,10 @@ def test_config_rejects_a_string_weight():
     _config(distillation_weight="0.5")
 
 
-def test_config_refuses_distillation_in_the_search():
-  with pytest.raises(ValueError, match=r"not available with the pruning search"):
-    _config(distillation_weight=0.5, search_sparsities="0.5,0.7",
-            max_drop=0.01)
+def test_config_takes_distillation_in_the_search():
+  config = _config(distillation_weight=0.5, search_sparsities="0.5,0.7",
+                   max_drop=0.01)
+  assert config.is_search and config.distills
 
 
 def test_config_defaults_are_off():
@@ -189,6 +191,73 @@ def test_channels_with_distillation(keras_module):
       eval_ds=tiny_data(seed=5))
   assert result.model.get_layer("d1").units < 32
   assert np.isfinite(result.metrics["loss"])
+
+
+# The search: every step distils from the input model.
+
+
+def _search(model, stage_fn=None, train_ds=None, loss=None, **kw):
+  kw.setdefault("search_sparsities", "0.3,0.5")
+  config = PrunerConfig(search_steps=10, max_drop=0.99, **kw)
+  if loss is None:
+    loss, _ = strategy_lib.backend(model).resolve_loss(model)
+  return search.search_sparsity(model, train_ds or tiny_data(),
+                                tiny_data(seed=5), config, config.gate(),
+                                loss=loss, stage_fn=stage_fn)
+
+
+def test_search_with_weight_zero_is_todays_search(monkeypatch):
+  model = tiny_model()
+  loss, _ = strategy_lib.backend(model).resolve_loss(model)
+  train_ds = tiny_data()
+  given = []
+
+  def spy(current, train, config, sparsity, state, **kw):
+    given.append((train, kw["loss"]))
+    return search._stage(current, train, config, sparsity, state, **kw)  # pylint: disable=protected-access
+
+  def no_teacher(*args, **kwargs):
+    raise AssertionError("weight 0 built a teacher")
+  monkeypatch.setattr(distillation, "for_model", no_teacher)
+  result = _search(model, spy, train_ds=train_ds, loss=loss,
+                   distillation_weight=0.0, distillation_temperature=4.0)
+  # Every step trains on the very loss and batches of today's search.
+  assert len(given) == 2
+  assert all(t is train_ds and l is loss for t, l in given)
+  assert result.chosen.sparsity == 0.5
+
+
+@pytest.mark.parametrize("keras_module, structure", [
+    ("tf_keras", "unstructured"), ("keras3", "unstructured"),
+    ("tf_keras", "channels")])
+def test_search_distils_every_step_from_the_input_model(keras_module,
+                                                        structure):
+  model = (tiny_model(keras_module=keras) if keras_module == "keras3"
+           else tiny_model())
+  before = model.get_weights()
+  seen = []
+
+  def spy(current, train_ds, config, sparsity, state, *, loss, **kw):
+    features, packed = next(iter(train_ds))
+    seen.append(dict(distills=getattr(loss, "distills", False),
+                     teacher=packed.numpy()[:, 1:],
+                     input_model=model(features, training=False).numpy(),
+                     current=current(features, training=False).numpy()))
+    return search._stage(current, train_ds, config, sparsity, state,  # pylint: disable=protected-access
+                         loss=loss, **kw)
+
+  kw = dict(sparsity_structure=structure, distillation_weight=0.7)
+  if structure == "channels":
+    kw.update(search_sparsities="0.25,0.5", finetune_steps=5,
+              exclude_layers="out")
+  result = _search(model, spy, **kw)
+  assert len(seen) == 2 and all(s["distills"] for s in seen)
+  for s in seen:  # Labels carry the frozen input model's outputs...
+    np.testing.assert_allclose(s["teacher"], s["input_model"], atol=1e-6)
+  # ... not the previous step's (the second step starts from a pruned model).
+  assert not np.allclose(seen[1]["teacher"], seen[1]["current"], atol=1e-3)
+  assert_same_weights(before, model.get_weights())
+  assert getattr(result.model.loss, "__name__", "") != "distillation_loss"
 
 
 # The component.
