@@ -30,7 +30,6 @@ from typing import Any, Callable, Collection, Dict, Mapping, Optional, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from tfx_compression.components.common import progress
 from tfx_compression.components.common import signatures as signatures_lib
 from tfx_compression.components.pruner import channel_graph
 from tfx_compression.components.pruner import channel_rebuild as rebuild
@@ -61,24 +60,8 @@ def _seeded(seed: Optional[int]):
 
 def _fit(model, ds, steps: int, learning_rate: float, loss, parameter: str,
          callbacks=None, decay: bool = False) -> None:
-  if decay and steps > 0:
-    # Cosine to zero: the narrow model ends at a settled point, not wherever
-    # the last few steps at full rate left it. On the demo at 75% of the
-    # channels, four seeds lost 0.16/0/0.32/0 accuracy points this way, and
-    # 0.16/2.2/0/- at a constant rate.
-    learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate,
-                                                           steps)
-  model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
-  if steps <= 0:
-    return
-  # Slots made now, not inside the first traced step (which then traces twice).
-  model.optimizer.build(model.trainable_variables)
-  if ds is None:
-    raise ValueError(f"`train_ds` is None, but `{parameter}`={steps} steps of "
-                     "training need it.")
-  model.fit(ds.repeat(), steps_per_epoch=steps, epochs=1, verbose=0,
-            callbacks=list(callbacks or []) + [progress.keras_callback(
-                progress.Progress(f"fine-tuning ({parameter})", steps), keras)])
+  channel_training.fit(keras, model, ds, steps, learning_rate, loss, parameter,
+                       callbacks=callbacks, decay=decay, build_slots=True)
 
 
 def prune_channels(model, train_ds, *, target_sparsity: float,

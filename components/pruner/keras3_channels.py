@@ -43,7 +43,6 @@ from typing import Any, Callable, Collection, Mapping, Optional
 import keras
 
 from tfx_compression.components.common import distillation
-from tfx_compression.components.common import progress
 from tfx_compression.components.pruner import channel_graph
 from tfx_compression.components.pruner import channel_rebuild
 from tfx_compression.components.pruner import channel_training
@@ -114,20 +113,9 @@ def _seeded(seed: Optional[int]):
 
 def _fit(model, ds, steps: int, learning_rate: float, loss, parameter: str,
          callbacks=None, decay: bool = False) -> None:
-  if decay and steps > 0:
-    # Cosine to zero, as keras2_channels: the narrow model ends settled.
-    learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate,
-                                                           steps)
-  model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
-                metrics=distillation.train_metrics(loss))
-  if steps <= 0:
-    return
-  if ds is None:
-    raise ValueError(f"`train_ds` is None, but `{parameter}`={steps} steps of "
-                     "training need it.")
-  model.fit(ds.repeat(), steps_per_epoch=steps, epochs=1, verbose=0,
-            callbacks=list(callbacks or []) + [progress.keras_callback(
-                progress.Progress(f"fine-tuning ({parameter})", steps), keras)])
+  channel_training.fit(keras, model, ds, steps, learning_rate, loss, parameter,
+                       callbacks=callbacks, decay=decay,
+                       metrics=distillation.train_metrics(loss))
 
 
 def prune_channels(model, train_ds, *, target_sparsity: float,
