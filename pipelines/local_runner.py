@@ -92,10 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
                  help="with --plan: comma-separated quantization modes, of "
                       "int8, float16, dynamic, none (default: all four)")
   p.add_argument("--distillation-weight", type=float, default=None,
-                 help="Pruner distillation_weight in [0, 1]: fine-tune towards "
-                      "the Trainer's model's outputs too (default: 0, off)")
+                 help="distillation_weight in [0, 1] of the Pruner (with "
+                      "--plan: of every planner step): fine-tune towards the "
+                      "Trainer's model's outputs too (default: 0, off)")
   p.add_argument("--distillation-temperature", type=float, default=None,
-                 help="Pruner distillation_temperature T > 0 (default: 2.0)")
+                 help="distillation_temperature T > 0 (default: 2.0)")
   p.add_argument("--quantization", default=DEFAULTS["quantization"],
                  choices=QUANTIZATION_CHOICES,
                  help="Quantizer mode, or none to gate the pruned SavedModel "
@@ -235,10 +236,8 @@ def _check_plan(args) -> None:
     return
   fixed = [flag for flag, given in (
       ("--pack-inputs", args.pack_inputs), ("--int8-io",
-                                            args.int8_io != "float32"),
-      ("--distillation-weight", args.distillation_weight is not None),
-      ("--distillation-temperature",
-       args.distillation_temperature is not None)) if given]
+                                            args.int8_io != "float32"))
+           if given]
   if fixed:
     _fail(f"{fixed[0]} sets the fixed Pruner/Quantizer run, which --plan "
           "replaces (the planner packs inputs where the model allows); drop "
@@ -265,7 +264,10 @@ def _planner_kwargs(args) -> Optional[dict]:
   kwargs = {k: v for k, v in (
       ("structures", args.plan_structures),
       ("quantization_modes", args.plan_modes),
-      ("sparsities", args.search_sparsities)) if v is not None}
+      ("sparsities", args.search_sparsities),
+      ("distillation_weight", args.distillation_weight),
+      ("distillation_temperature", args.distillation_temperature))
+            if v is not None}
   return kwargs or None
 
 
@@ -329,7 +331,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         min_value=args.min_accuracy,
         enable_cache=not args.no_cache,
         quantizer_kwargs=_quantizer_kwargs(args),
-        pruner_kwargs={k: v for k, v in (
+        pruner_kwargs=None if args.plan else {k: v for k, v in (
             ("distillation_weight", args.distillation_weight),
             ("distillation_temperature", args.distillation_temperature))
                        if v is not None} or None,

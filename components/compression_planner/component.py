@@ -21,7 +21,8 @@ SCHEMA_KEY = executor.SCHEMA_KEY
 TRANSFORM_GRAPH_KEY = executor.TRANSFORM_GRAPH_KEY
 COMPRESSED_MODEL_KEY = executor.COMPRESSED_MODEL_KEY
 # Parameters: the same names as config.PlannerConfig's fields.
-_FLOAT = ("max_drop", "max_relative_drop", "min_value", "learning_rate")
+_FLOAT = ("max_drop", "max_relative_drop", "min_value", "learning_rate",
+          "distillation_weight", "distillation_temperature")
 _INT = ("search_steps", "finetune_steps", "pack_inputs",
         "num_representative_samples", "latency_samples", "batch_size", "seed")
 _STR = ("label_key", "structures", "sparsities", "quantization_modes",
@@ -110,6 +111,8 @@ class CompressionPlanner(base_component.BaseComponent):
       channel_norm: str = "l1",
       batch_size: Number = 32,
       learning_rate: Number = 1e-3,
+      distillation_weight: Number = 0.0,
+      distillation_temperature: Number = 2.0,
       seed: Number = 0,
       train_split: str = "train",
       eval_split: str = "eval",
@@ -125,7 +128,8 @@ class CompressionPlanner(base_component.BaseComponent):
       quantization_modes, pack_inputs, num_representative_samples, objective,
       latency_samples, metric, max_drop, max_relative_drop, min_value,
       include_layers, exclude_layers, channel_ranking, channel_norm,
-      batch_size, learning_rate, seed, train_split, eval_split, module_file:
+      batch_size, learning_rate, distillation_weight,
+      distillation_temperature, seed, train_split, eval_split, module_file:
         see :class:`tfx_compression.components.compression_planner.config.PlannerConfig`.
         Lists may be given as lists or comma-separated strings.
     """
@@ -143,7 +147,9 @@ class CompressionPlanner(base_component.BaseComponent):
         include_layers=_join(include_layers, "include_layers"),
         exclude_layers=_join(exclude_layers, "exclude_layers"),
         channel_ranking=channel_ranking, channel_norm=channel_norm,
-        batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+        batch_size=batch_size, learning_rate=learning_rate,
+        distillation_weight=distillation_weight,
+        distillation_temperature=distillation_temperature, seed=seed,
         train_split=train_split, eval_split=eval_split,
         module_file=module_file)
     # Ints are valid floats: TFX checks the declared type strictly.

@@ -140,8 +140,10 @@ class PlannerConfig:
     metric, max_drop, max_relative_drop, min_value: the gate every candidate
       must pass, with the CompressionEvaluator's rules (``GateThresholds``).
     include_layers, exclude_layers, channel_ranking, channel_norm,
-    batch_size, learning_rate, seed, train_split, eval_split, module_file:
-      as the Pruner's.
+    batch_size, learning_rate, distillation_weight, distillation_temperature,
+    seed, train_split, eval_split, module_file: as the Pruner's. With
+      ``distillation_weight`` > 0 every step of every structure fine-tunes
+      towards the input model (one frozen teacher for the whole plan).
   """
   label_key: Optional[str] = None
   structures: Tuple[str, ...] = DEFAULT_STRUCTURES
@@ -163,6 +165,8 @@ class PlannerConfig:
   channel_norm: str = "l1"
   batch_size: int = 32
   learning_rate: float = 1e-3
+  distillation_weight: float = 0.0
+  distillation_temperature: float = 2.0
   seed: int = 0
   train_split: str = "train"
   eval_split: str = "eval"
@@ -241,6 +245,8 @@ class PlannerConfig:
         exclude_layers=self.exclude_layers,
         channel_ranking=self.channel_ranking, channel_norm=self.channel_norm,
         batch_size=self.batch_size, learning_rate=self.learning_rate,
+        distillation_weight=self.distillation_weight,
+        distillation_temperature=self.distillation_temperature,
         seed=self.seed, train_split=self.train_split,
         eval_split=self.eval_split, module_file=self.module_file)
 

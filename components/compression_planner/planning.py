@@ -29,6 +29,7 @@ Example:
     plan.chosen.structure, plan.chosen.mode, plan.chosen.raw_bytes
 """
 
+import copy
 import dataclasses
 import os
 import time
@@ -138,6 +139,11 @@ class _Planner:
     self.base_metrics = base_metrics
     self.base_value = float(base_metrics[self.gate.metric])
     self.lat_rows = _latency_rows(eval_ds, config.latency_samples)
+    # What every step trains on: with distillation, one frozen teacher (the
+    # input model) for the whole plan, as the Pruner's search has.
+    self.distills = config.distillation_weight > 0
+    self.train_loss, self.fit_ds = strategy_lib.fine_tuning(
+        model, loss, train_ds, config.pruner_config(config_lib.UNSTRUCTURED))
     self.representative = representative
     if representative is None and "int8" in config.tflite_modes:
       batches = -(-config.num_representative_samples // config.batch_size)
@@ -227,6 +233,14 @@ class _Planner:
                        "so search_plan needs `export_fn`.")
     index = len(self.candidates)
     path = os.path.join(self.work_dir, f"candidate-{index:03d}")
+    if self.distills:
+      # Saved with its own loss, not the distillation closure; a copy, since
+      # the next step trains on this compiled model.
+      with self.backend.deterministic(self.config.seed):
+        own = self.backend.clone_model(result.model)
+      own.compile(loss=self.loss)
+      result = copy.copy(result)
+      result.model = own
     self.export_fn(result, path)
     self.keras_latency_dirs[index] = path
     self._add(Candidate(
@@ -275,9 +289,9 @@ class _Planner:
     last = None
     for index, sparsity in enumerate(strategy.sparsities(pconfig)):
       began = time.perf_counter()
-      result = self.stage_fn(strategy, current, self.train_ds, pconfig,
-                             sparsity, state, loss=self.loss, layers=layers,
-                             index=index)
+      result = self.stage_fn(strategy, current, self.fit_ds, pconfig,
+                             sparsity, state, loss=self.train_loss,
+                             layers=layers, index=index)
       with self.backend.deterministic(self.config.seed):
         metrics, nonfinite = metrics_of(_keras_predict(result.model),
                                         self.eval_ds, self.kind)

@@ -296,3 +296,59 @@ def test_the_report_draws_the_front_and_lists_the_candidates():
   plain = report.render(test_report.make_report())
   assert all("Compression plan" not in v and '"plan"' not in v
              for v in plain.values())
+
+
+# Distillation in the plan.
+
+
+class LossSpyStage(CountingStage):
+  """Records the loss and the train batches every step is given."""
+
+  def __init__(self):
+    super().__init__()
+    self.seen = []
+
+  def __call__(self, strategy, current, train_ds, config, sparsity, state,
+               **kw):
+    self.seen.append((kw["loss"], train_ds))
+    return super().__call__(strategy, current, train_ds, config, sparsity,
+                            state, **kw)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_every_step_of_every_structure_distils_towards_the_input_model(
+    model, tmp_path, weight):
+  stage = LossSpyStage()
+  exported = []
+  train = data().repeat()
+
+  def export(result, path):
+    exported.append(getattr(result.model, "loss", None))
+    tf.io.gfile.makedirs(path)
+    with open(f"{path}/weights.bin", "wb") as f:
+      f.write(b"".join(w.tobytes() for w in result.model.get_weights()))
+
+  planning.search_plan(
+      model, train, data(seed=1),
+      cfg(structures="channels,unstructured", objective="gzip_size",
+          sparsities="0.3", quantization_modes="none", latency_samples=0,
+          distillation_weight=weight),
+      loss=LOSS, work_dir=str(tmp_path), stage_fn=stage, export_fn=export)
+  assert len(stage.seen) == 2  # one step per structure
+  losses = {id(l) for l, _ in stage.seen}
+  datasets = {id(d) for _, d in stage.seen}
+  assert len(losses) == 1 and len(datasets) == 1  # one teacher for the plan
+  loss, ds = stage.seen[0]
+  if weight == 0:
+    assert loss == LOSS and ds is train  # today's fine-tuning, untouched
+  else:
+    assert loss != LOSS and ds is not train
+    # The labels carry the input model's outputs beside the true class.
+    features, labels = next(iter(ds))
+    packed = np.asarray(labels)
+    teacher = np.asarray(model(features, training=False))
+    np.testing.assert_allclose(packed[:, 1:], teacher, rtol=1e-5, atol=1e-6)
+  # The SavedModel candidates are saved with the model's own loss.
+  assert exported
+  if weight:
+    assert all(l == LOSS for l in exported)
