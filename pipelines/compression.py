@@ -124,6 +124,8 @@ def add_compression(
     plan: bool = False,
     objective: str = "size",
     planner_kwargs: Optional[Dict[str, Any]] = None,
+    distillation_weight: Optional[float] = None,
+    distillation_temperature: Optional[float] = None,
 ) -> CompressionComponents:
   """Builds Pruner -> Quantizer -> CompressionEvaluator -> Pusher after a Trainer.
 
@@ -156,6 +158,10 @@ def add_compression(
     objective: the planner's 'size', 'gzip_size' or 'latency'.
     planner_kwargs: more CompressionPlanner parameters (``structures``,
       ``sparsities``, ``quantization_modes``, ``search_steps``, ...).
+    distillation_weight, distillation_temperature: distillation towards
+      ``model`` in every fine-tuning added here: the Pruner's, the planner's
+      steps, and the Quantizer's when ``quantization='qat'`` (None: each
+      component's default, 0 = off).
 
   Returns:
     CompressionComponents; append ``.components`` to the pipeline.
@@ -202,6 +208,24 @@ def add_compression(
                      "id_prefix='Mobile') to give the added components other ids.")
   push = _push_destination(push_destination)
 
+  distill = {k: v for k, v in (
+      ("distillation_weight", distillation_weight),
+      ("distillation_temperature", distillation_temperature)) if v is not None}
+  for name, kwargs in (("pruner_kwargs", pruner_kwargs),
+                       ("quantizer_kwargs", quantizer_kwargs),
+                       ("planner_kwargs", planner_kwargs)):
+    both = sorted(set(distill) & set(kwargs or {}))
+    if both:
+      raise ValueError(
+          f"`{both[0]}` is given both as an argument and in `{name}`; give it "
+          "once (the argument applies to every fine-tuning).")
+  if distill:
+    if plan:
+      planner_kwargs = {**(planner_kwargs or {}), **distill}
+    else:
+      pruner_kwargs = {**(pruner_kwargs or {}), **distill}
+      if quantization == "qat":
+        quantizer_kwargs = {**(quantizer_kwargs or {}), **distill}
   data = dict(examples=examples, schema=schema, transform_graph=transform_graph,
               label_key=label_key)
   pruner = quantizer = planner = None

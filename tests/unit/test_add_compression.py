@@ -60,3 +60,33 @@ def test_clashing_ids_are_refused():
   second = add_compression(**base_args(), existing_components=first.components,
                            id_prefix="Mobile")
   assert second.evaluator.id == "MobileCompressionEvaluator"
+
+
+def _param(component, name):
+  return component.exec_properties.get(name)
+
+
+def test_distillation_reaches_every_fine_tuning():
+  fixed = add_compression(**base_args(quantization="qat"),
+                          distillation_weight=0.5,
+                          distillation_temperature=3.0)
+  for component in (fixed.pruner, fixed.quantizer):
+    assert _param(component, "distillation_weight") == 0.5
+    assert _param(component, "distillation_temperature") == 3.0
+  # Only QAT fine-tunes in the Quantizer: int8 gets nothing (and would refuse).
+  int8 = add_compression(**base_args(quantization="int8"),
+                         distillation_weight=0.5)
+  assert _param(int8.pruner, "distillation_weight") == 0.5
+  assert not _param(int8.quantizer, "distillation_weight")
+  planned = add_compression(**base_args(), plan=True, distillation_weight=0.5)
+  assert _param(planned.planner, "distillation_weight") == 0.5
+
+
+def test_distillation_given_twice_is_refused():
+  with pytest.raises(ValueError, match=r"`distillation_weight` is given both "
+                                       r"as an argument and in `pruner_kwargs`"):
+    add_compression(**base_args(), distillation_weight=0.5,
+                    pruner_kwargs={"distillation_weight": 0.2})
+  with pytest.raises(ValueError, match=r"`distillation_weight`=2\.0 is outside "
+                                       r"\[0, 1\]"):
+    add_compression(**base_args(), distillation_weight=2.0)
