@@ -37,11 +37,12 @@ def weight_masks(graph: ChannelGraph, dropped: np.ndarray
   masked channel is exactly zero wherever it flows.
   """
   masks = {}
-  model = graph.model
+  # One dict, not model.get_layer's search through the layers per name.
+  layers = {layer.name: layer for layer in graph.model.layers}
   depthwise_kernel = graph.access.depthwise_kernel
   for name in graph.prunable_layers():
     keep = (~dropped[graph.producers[name].ids]).astype(np.float32)
-    for w in model.get_layer(name).weights:
+    for w in layers[name].weights:
       s = short_name(w)
       if s in ("kernel", "pointwise_kernel"):
         masks[(name, s)] = keep.reshape((1,) * (len(w.shape) - 1) + (-1,))
@@ -52,7 +53,7 @@ def weight_masks(graph: ChannelGraph, dropped: np.ndarray
     if ids is None or kind not in ("batchnorm", "depthwise") or not ids.any():
       continue
     keep = (~dropped[ids]).astype(np.float32)
-    layer = model.get_layer(name)
+    layer = layers[name]
     for w in layer.weights:
       s = short_name(w)
       if kind == "batchnorm" and s in ("gamma", "beta", "moving_mean"):

@@ -137,6 +137,7 @@ class GradualMasks:
     self.dropped = np.zeros(len(graph.roots), bool)
     self._pairs = None
     self._apply = None
+    self._layers = None
 
   def _mask_variable(self, init: np.ndarray, var):
     raise NotImplementedError
@@ -149,12 +150,13 @@ class GradualMasks:
 
   def _bind(self):
     pairs = []
+    # Built once: model.get_layer searches the layers at every call.
+    self._layers = {layer.name: layer for layer in self.model.layers}
     # Every weight a pruned channel can touch, with ones until it is dropped.
     ones = self._graph_masks(np.zeros(len(self._graph.roots), bool))
     for key, init in ones.items():
       name, s = key
-      var = next(w for w in self.model.get_layer(name).weights
-                 if short_name(w) == s)
+      var = next(w for w in self._layers[name].weights if short_name(w) == s)
       pairs.append((key, var, self._mask_variable(init, var)))
     self._pairs = pairs
     self._apply = self._compile(self._apply_masks)
@@ -171,7 +173,8 @@ class GradualMasks:
       self._bind()
     targets = {k: int(math.floor(fraction * v + 0.5))
                for k, v in self._targets.items()}
-    norms = choice.channel_norms(self.model, self._graph, self._norm)
+    norms = choice.channel_norms(self.model, self._graph, self._norm,
+                                 layers=self._layers)
     self.dropped = choice.choose(self._graph, self._classes, norms, targets,
                                  self.dropped)
     masks = self._graph_masks(choice.expand(self._graph, self.dropped))
