@@ -95,40 +95,12 @@ def quantize(model, config: QuantizerConfig,
     tflite_convert.ConversionError: the converter failed; the message names
       the ops.
   """
-  if isinstance(model, (bytes, bytearray)):
-    raise TypeError("`model` is already a TFLite flatbuffer; the Quantizer "
-                    "needs the Keras model it came from (the Trainer's or the "
-                    "Pruner's output).")
-  keras_version = keras_env.keras_version_of(model)  # TypeError if not Keras
-  if preprocessing not in ("none", "transform"):
-    raise ValueError(f"`preprocessing`={preprocessing!r} must be 'none' or "
-                     "'transform'.")
+  _check_model(model, config.quantization, preprocessing)
   mode = config.quantization
-  if mode == "qat" and keras_version == keras_env.KERAS_3:
-    raise ValueError(
-        "quantization='qat' needs tensorflow-model-optimization, which works "
-        "on Keras 2 (tf_keras) models only, and this model is Keras 3 (loaded "
-        "from model.keras). Use quantization='int8' (post-training, calibrated "
-        "on the representative examples) instead.")
   input_specs = features_lib.keras_input_specs(model)
   output_names = tflite_convert.model_output_names(model)
   input_sparsity = model_stats.sparsity_stats(model)["sparsity"]
-
-  samples: List[Dict[str, np.ndarray]] = []
-  if mode in DATA_MODES:
-    if representative_data is None:
-      raise ValueError(
-          f"quantization={mode!r} needs representative examples, but no "
-          "`examples` were given. Wire the Examples, or choose 'dynamic' or "
-          "'float16', which need no data.")
-    samples = _single_examples(representative_data, input_specs,
-                               config.num_representative_samples)
-    if not samples:
-      raise ValueError(
-          f"quantization={mode!r}: split {config.train_split!r} of "
-          "`examples` gave 0 representative examples "
-          f"(num_representative_samples={config.num_representative_samples}). "
-          "Check the split's files or set `train_split` to a split with data.")
+  samples = _representative_samples(representative_data, config, input_specs)
 
   stats: Dict[str, Any] = {"quantization": mode,
                            "input_sparsity": float(input_sparsity)}
@@ -183,15 +155,64 @@ def quantize(model, config: QuantizerConfig,
       tflite_weight_count=weights["weight_count"],
       representative_samples=len(samples),
   )
-  io = tflite_convert.describe_tflite(tflite_model)
-  io.update(mode=mode, int8_io_type=config.int8_io_type,
-            preprocessing=preprocessing, label_key=config.label_key)
-  if packed is not None:
-    io["packed"] = packed.to_dict()
+  io = _describe(tflite_model, config, preprocessing, packed)
   logging.info("TFLite model: %d bytes (%d gzipped), weight sparsity %.4f "
                "(input %.4f).", stats["tflite_bytes"],
                stats["tflite_gzip_bytes"], stats["sparsity"], input_sparsity)
   return QuantizationResult(tflite_model=tflite_model, io=io, stats=stats)
+
+
+def _check_model(model, mode: str, preprocessing: str) -> None:
+  """What ``quantize`` refuses before any work: not a Keras model, an unknown
+  ``preprocessing``, QAT on Keras 3."""
+  if isinstance(model, (bytes, bytearray)):
+    raise TypeError("`model` is already a TFLite flatbuffer; the Quantizer "
+                    "needs the Keras model it came from (the Trainer's or the "
+                    "Pruner's output).")
+  keras_version = keras_env.keras_version_of(model)  # TypeError if not Keras
+  if preprocessing not in ("none", "transform"):
+    raise ValueError(f"`preprocessing`={preprocessing!r} must be 'none' or "
+                     "'transform'.")
+  if mode == "qat" and keras_version == keras_env.KERAS_3:
+    raise ValueError(
+        "quantization='qat' needs tensorflow-model-optimization, which works "
+        "on Keras 2 (tf_keras) models only, and this model is Keras 3 (loaded "
+        "from model.keras). Use quantization='int8' (post-training, calibrated "
+        "on the representative examples) instead.")
+
+
+def _representative_samples(representative_data, config: QuantizerConfig,
+                            input_specs: Mapping[str, tf.TensorSpec]
+                            ) -> List[Dict[str, np.ndarray]]:
+  """The batch-1 calibration examples of a mode that needs data, else []."""
+  mode = config.quantization
+  if mode not in DATA_MODES:
+    return []
+  if representative_data is None:
+    raise ValueError(
+        f"quantization={mode!r} needs representative examples, but no "
+        "`examples` were given. Wire the Examples, or choose 'dynamic' or "
+        "'float16', which need no data.")
+  samples = _single_examples(representative_data, input_specs,
+                             config.num_representative_samples)
+  if not samples:
+    raise ValueError(
+        f"quantization={mode!r}: split {config.train_split!r} of "
+        "`examples` gave 0 representative examples "
+        f"(num_representative_samples={config.num_representative_samples}). "
+        "Check the split's files or set `train_split` to a split with data.")
+  return samples
+
+
+def _describe(tflite_model: bytes, config: QuantizerConfig,
+              preprocessing: str, packed) -> Dict[str, Any]:
+  """The TFLite model's inputs and outputs and how to feed them (tflite_io.json)."""
+  io = tflite_convert.describe_tflite(tflite_model)
+  io.update(mode=config.quantization, int8_io_type=config.int8_io_type,
+            preprocessing=preprocessing, label_key=config.label_key)
+  if packed is not None:
+    io["packed"] = packed.to_dict()
+  return io
 
 
 def _single_examples(data: Iterable[Any],
