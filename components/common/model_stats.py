@@ -1,8 +1,9 @@
 """Sizes and sparsity of models, measured the same way everywhere."""
 
 import gzip
+import io
 import os
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Iterator
 
 import numpy as np
 
@@ -37,9 +38,42 @@ def gzip_file_bytes(path: str) -> int:
   return gzip_bytes(b"".join(chunks))
 
 
+class _CountingSink(io.RawIOBase):
+  """A file that only counts what is written to it."""
+
+  def __init__(self):
+    super().__init__()
+    self.count = 0
+
+  def writable(self) -> bool:
+    return True
+
+  def write(self, data) -> int:
+    self.count += len(data)
+    return len(data)
+
+
 def weights_gzip_bytes(weights: Iterable[np.ndarray]) -> int:
-  """gzip size of the weight arrays alone: what pruning's zeros buy."""
-  return gzip_bytes(b"".join(np.ascontiguousarray(w).tobytes() for w in weights))
+  """gzip size of the weight arrays alone: what pruning's zeros buy.
+
+  The arrays are compressed one after the other, as ``gzip_bytes`` of their
+  bytes laid end to end would (the same deflate stream, the same size),
+  without holding that concatenation: on ResNet50 it is another 94 MB at the
+  Pruner's peak. ``weights`` may be a generator (one variable's array alive at
+  a time), e.g. ``(v.numpy() for v in model.weights)``.
+  """
+  sink = _CountingSink()
+  with gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=9,
+                     mtime=0) as out:
+    for w in weights:
+      out.write(np.ascontiguousarray(w).reshape(-1).view(np.uint8))
+  return sink.count
+
+
+def model_weights(model) -> Iterator[np.ndarray]:
+  """``model.get_weights()``'s arrays, one at a time (no list of them all)."""
+  for variable in model.weights:
+    yield variable.numpy()
 
 
 def kernel_weights(model) -> list:

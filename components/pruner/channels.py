@@ -108,7 +108,7 @@ class ChannelsStrategy:
         "param_count": whole["param_count"],
         "zero_count": whole["zero_count"],
         "gzip_weight_bytes": model_stats.weights_gzip_bytes(
-            model.get_weights()),
+            model_stats.model_weights(model)),
     }
 
   def export(self, result: PruneResult, original, path: str,

@@ -113,12 +113,14 @@ def prune_to(model, train_ds, *, target_sparsity: float, steps: int, loss,
              learning_rate: float = 1e-3, seed: int = 0,
              log_dir: Optional[str] = None,
              steps_per_epoch: Optional[int] = None,
-             callbacks: Sequence[Any] = ()):
+             callbacks: Sequence[Any] = (), copy: bool = True):
   """Prunes a copy of ``model`` from its current weights; returns it.
 
   One pruning stage, as ``pruning.prune_to`` (same arguments, same meaning):
   the schedule ramps from ``initial_sparsity`` to ``target_sparsity``; with
   ``m_by_n`` the M:N mask is set at the first step and kept.
+  ``copy=False`` trains ``model`` itself (a caller's private clone), one copy
+  of the weights less.
 
   Returns:
     A new plain Keras 3 model with sparse kernels (and a fresh Adam state).
@@ -135,7 +137,7 @@ def prune_to(model, train_ds, *, target_sparsity: float, steps: int, loss,
   """
   check_supported(model)
   with deterministic(seed):
-    plain = clone_model(model)
+    plain = clone_model(model) if copy else model
     if layers is None:
       layers = select_layers(plain, m_by_n=m_by_n)
     if m_by_n:

@@ -114,7 +114,7 @@ def _prune_model(model, train_ds, config, *, eval_ds, log_dir, loss,
     layers = backend.select_layers(plain, config.include_layers,
                                    config.exclude_layers, config.m_by_n)
     baseline = backend.evaluate(plain, eval_ds, loss) if eval_ds else {}
-    baseline_gzip = model_stats.weights_gzip_bytes(plain.get_weights())
+    baseline_gzip = model_stats.weights_gzip_bytes(model_stats.model_weights(plain))
   _log_eval(log_dir, "baseline", baseline, 0)
 
   train_loss, train_ds = strategy_lib.fine_tuning(model, loss, train_ds,

@@ -172,7 +172,7 @@ def search_sparsity(model, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset,
     layers = backend.select_layers(current, config.include_layers,
                                    config.exclude_layers, config.m_by_n)
     baseline_metrics, _ = model_metrics(current, eval_ds)
-    baseline_gzip = model_stats.weights_gzip_bytes(current.get_weights())
+    baseline_gzip = model_stats.weights_gzip_bytes(model_stats.model_weights(current))
   baseline = baseline_metrics[gate.metric]
   logging.info("Search: baseline %s = %.4f; trying sparsities %s with %s.",
                gate.metric, baseline, stage_sparsities(config), gate)
@@ -245,7 +245,7 @@ def _score(index: int, sparsity: float, stage_result: PruneResult, eval_ds,
       nonzero_params=whole["param_count"] - whole["zero_count"],
       # The stage measured it (gzip -9 of ~1 MB takes ~0.5 s: not twice).
       gzip_bytes=int(stage_result.stats.get("gzip_weight_bytes")
-                     or model_stats.weights_gzip_bytes(candidate.get_weights())),
+                     or model_stats.weights_gzip_bytes(model_stats.model_weights(candidate))),
       train_steps=config.stage_steps(),
       seconds=time.perf_counter() - start,
       weights_sha256=weights_digest(candidate),

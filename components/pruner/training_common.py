@@ -227,7 +227,8 @@ def pruning_stats(model, kernels: Dict[str, np.ndarray]) -> Dict[str, Any]:
       "pruned_zero_count": int(zeros),
       "param_count": whole["param_count"],
       "zero_count": whole["zero_count"],
-      "gzip_weight_bytes": model_stats.weights_gzip_bytes(model.get_weights()),
+      "gzip_weight_bytes": model_stats.weights_gzip_bytes(
+          model_stats.model_weights(model)),
   }
 
 

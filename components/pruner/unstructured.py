@@ -40,7 +40,8 @@ class UnstructuredStrategy:
         begin_step=begin, end_step=end, frequency=freq, m_by_n=config.m_by_n,
         learning_rate=config.learning_rate, seed=config.seed,
         log_dir=run.log_dir,
-        steps_per_epoch=config.steps_per_epoch(run.train_examples))
+        steps_per_epoch=config.steps_per_epoch(run.train_examples),
+        copy=False)  # ``plain`` is prune_model's own clone.
     stats = self.stats(pruned, run.layers, {})
     self.check(pruned, run.layers, stats, config)
     return PruneResult(

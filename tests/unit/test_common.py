@@ -86,6 +86,26 @@ class TestModelStats:
     rand = np.random.default_rng(0).normal(size=10000).astype(np.float32)
     assert model_stats.weights_gzip_bytes([zeros]) < model_stats.weights_gzip_bytes([rand]) / 10
 
+  def test_streamed_gzip_is_the_gzip_of_the_concatenation(self):
+    """One array at a time, the size gzip_bytes gives the arrays end to end."""
+    rng = np.random.default_rng(0)
+    sparse = rng.normal(size=(30, 40)).astype(np.float32)
+    sparse[np.abs(sparse) < 0.8] = 0
+    arrays = [rng.normal(size=100).astype(np.float32), sparse,
+              np.asfortranarray(rng.normal(size=(7, 9))),  # float64, F order
+              np.float32(3.5) * np.ones(()), np.zeros((0, 4), np.float32),
+              rng.integers(0, 9, size=50)]
+    joined = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
+    expected = model_stats.gzip_bytes(joined)
+    assert model_stats.weights_gzip_bytes(arrays) == expected
+    assert model_stats.weights_gzip_bytes(iter(arrays)) == expected
+
+  def test_model_weights_are_get_weights_one_at_a_time(self):
+    model = fixtures.tiny_model()
+    streamed = model_stats.model_weights(model)
+    assert not isinstance(streamed, list)
+    fixtures.assert_same_weights(list(streamed), model.get_weights())
+
 
 class TestDecoderAndLoading:
 

@@ -285,6 +285,27 @@ def test_prune_model_measures(tmp_path):
   assert {p.parent.name for p in events} >= {"metrics", "eval"}
 
 
+def test_prune_to_without_copy_trains_the_model_itself_to_the_same_weights():
+  """copy=False (the Pruner's own clone): same result, one copy less."""
+  copied = keras2_magnitude.prune_to(tiny_model(), tiny_data(), target_sparsity=0.6,
+                                     steps=STEPS, loss=LOSS, seed=2)
+  own = tiny_model()
+  in_place = keras2_magnitude.prune_to(own, tiny_data(), target_sparsity=0.6,
+                                       steps=STEPS, loss=LOSS, seed=2, copy=False)
+  fixtures.assert_same_weights(copied.get_weights(), in_place.get_weights())
+  # The model passed was trained (its kernels hold the zeros), not copied.
+  assert (own.get_layer("d1").kernel.numpy() == 0).mean() == pytest.approx(0.6, abs=0.01)
+
+
+def test_prune_model_leaves_the_callers_model_alone():
+  model = tiny_model()
+  before = [w.copy() for w in model.get_weights()]
+  result = pruning.prune_model(model, tiny_data(),
+                               PrunerConfig(target_sparsity=0.7, train_steps=STEPS))
+  assert result.stats["sparsity"] == pytest.approx(0.7, abs=0.01)
+  fixtures.assert_same_weights(before, model.get_weights())
+
+
 def test_nan_loss_raises_on_the_loss():
   inputs = keras.Input(shape=(16,), name="x")
   logits = keras.Model(inputs, keras.layers.Dense(4, name="d")(inputs))
