@@ -12,7 +12,9 @@ own:
   every 10 steps as with the default 300 steps; channels with
   ``finetune_steps=0``, so only the masked fine-tuning of the full-width model
   is timed). Its clone, layer selection, tfmot wrappers or channel masks and
-  callbacks all run as in the Pruner;
+  callbacks all run as in the Pruner; ``unstructured_tfmot`` (not in the
+  default kinds) is ``unstructured`` with tfmot's own mask update, the sort our
+  selection replaced (``keras2_mask_select``), as the reference;
 * ``convert``: int8 conversion time of the Quantizer's function
   (``tflite_convert.convert``) beside the guide's ``from_keras_model``, and the
   evaluator's prediction path (``KerasPredictor`` for the baseline,
@@ -43,6 +45,10 @@ FULL = dict(models=["mobilenetv2", "resnet50"], size=96, batch=16, warmup=3,
 SMOKE = dict(models=["mobilenetv2_0.35"], size=32, batch=4, warmup=2,
              steps=3, repeats=1, frequency=2, calibration=4, eval_examples=8,
              kinds=["fit", "unstructured", "channels"])
+# "unstructured_tfmot": the Pruner's unstructured path with tfmot's own mask
+# update (a sort of every kernel) instead of ours (a selection, same masks).
+TFMOT_UPDATE = "unstructured_tfmot"
+STRUCTURE = {TFMOT_UPDATE: "unstructured"}
 LABELS = {"mobilenetv2": "MobileNetV2 1.0", "mobilenetv2_0.35":
           "MobileNetV2 0.35", "resnet50": "ResNet50"}
 
@@ -136,9 +142,14 @@ def child(kind: str, cfg: Dict[str, Any]) -> Dict[str, Any]:
   else:
     from tfx_compression.components.pruner import pruning
     from tfx_compression.components.pruner.config import PrunerConfig
+    if kind == TFMOT_UPDATE:
+      # The reference: tfmot's own mask update (a whole-kernel sort).
+      from tfx_compression.components.pruner import keras2_mask_select
+      keras2_mask_select.use_selection = lambda layers: 0
     freq = cfg["frequency"]
     config = PrunerConfig(
-        label_key="label", target_sparsity=0.5, sparsity_structure=kind,
+        label_key="label", target_sparsity=0.5,
+        sparsity_structure=STRUCTURE.get(kind, kind),
         train_steps=total, end_step=(total - 1) // freq * freq,
         frequency=freq, finetune_steps=0, batch_size=cfg["batch"], seed=0)
     start = time.perf_counter()
