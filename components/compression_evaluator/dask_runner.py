@@ -11,7 +11,10 @@ short name ``DaskRunner`` either: it wants the class's full path.) This runner i
 Beam's, given only the Dask options (``--dask_client_address``,
 ``--dask_connection_timeout``, ``--dask_scheduler_file``, ``--dask_client_name``,
 ``--dask_connection_limit``, and in newer Beams ``--dask_npartitions`` /
-``--dask_partition_size``). It also waits for the job without Beam 2.59's call
+``--dask_partition_size``; when neither is given it sets
+``--dask_partition_size=1``: Beam 2.77's default, 128 elements per partition,
+puts the evaluator's job, one element per eval file, on a single worker). It
+also waits for the job without Beam 2.59's call
 ``Client.wait_for_workers(timeout=...)``, which distributed 2024 refuses
 ("missing 1 required positional argument: 'n_workers'"), and closes its Client
 when the job ends.
@@ -53,6 +56,13 @@ def dask_only_options(options) -> beam_dask.DaskOptions:
     value = getattr(given, dest)
     if value != default:
       setattr(own, dest, value)
+  if ({"npartitions", "partition_size"} <= set(defaults)
+      and own.npartitions is None and own.partition_size is None):
+    # Beams whose DaskRunner partitions Create's elements (2.77: 128 per
+    # partition unless told) would run the evaluator's whole job, one element
+    # per eval file, on one worker. One element per partition, as Beam 2.59
+    # always did.
+    own.partition_size = 1
   return own
 
 

@@ -29,6 +29,9 @@ distributed = pytest.importorskip(
 from tfx_compression.components.compression_evaluator import dask_runner  # noqa: E402  pylint: disable=g-import-not-at-top,g-bad-import-order
 
 SHARDS = 4  # eval files: the job spreads files over the workers
+# Beam >= 2.6x's DaskRunner takes --dask_npartitions / --dask_partition_size.
+_BEAM_PARTITIONS = "npartitions" in dask_runner.beam_dask.DaskOptions(
+    []).get_all_options()
 # What the report says about the models and the data, not about the run.
 FIGURES = ("metrics", "examples", "sizes", "sparsity", "metric_drop", "blessed",
            "verdict", "reasons", "checks")
@@ -40,9 +43,22 @@ def test_only_the_dask_options_reach_the_client():
       "--dask_client_address=tcp://127.0.0.1:8786",
       "--dask_connection_limit=8", "--labels=tfx_executor=x",
       "--extra_package=/tmp/tfx_ephemeral.tar.gz"])
+  expected = {"address": "tcp://127.0.0.1:8786", "connection_limit": 8}
+  if _BEAM_PARTITIONS:  # One eval file per partition unless told otherwise.
+    expected["partition_size"] = 1
   assert dask_runner.dask_only_options(options).get_all_options(
-      drop_default=True) == {"address": "tcp://127.0.0.1:8786",
-                             "connection_limit": 8}
+      drop_default=True) == expected
+
+
+def test_the_users_partitions_are_kept():
+  if not _BEAM_PARTITIONS:
+    pytest.skip("this Beam's DaskRunner has no --dask_npartitions (Beam 2.59 "
+                "puts one element in each partition)")
+  for arg, want in (("--dask_npartitions=3", {"npartitions": 3}),
+                    ("--dask_partition_size=16", {"partition_size": 16})):
+    options = PipelineOptions([f"--runner={dask_runner.FULL_NAME}", arg])
+    assert dask_runner.dask_only_options(options).get_all_options(
+        drop_default=True) == want
 
 
 @pytest.fixture(scope="module")
