@@ -352,3 +352,45 @@ def test_every_step_of_every_structure_distils_towards_the_input_model(
   assert exported
   if weight:
     assert all(l == LOSS for l in exported)
+
+
+# Keras 3: the model TFX 1.21's Trainer examples write.
+
+
+def test_keras3_model_is_planned_by_the_keras3_backends(tmp_path):
+  """The same search on a Keras 3 model: its steps run on the Keras 3 backends
+  (no tf_keras model is made), the choice is the best passing candidate and
+  the emitted file is the one measured."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from tfx_compression.components.pruner import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+  k3 = fixtures.tiny_model(keras_module=keras)
+  k3.compile("adam", LOSS)
+  k3.fit(data().repeat(), steps_per_epoch=300, verbose=0)
+  backends = []
+
+  def stage(strategy, current, train_ds, config, sparsity, state, **kw):
+    backends.append(strategy_lib.backend(current).__name__)
+    assert isinstance(current, keras.Model)
+    return planning._stage(strategy, current, train_ds, config, sparsity,
+                           state, **kw)
+
+  plan = planning.search_plan(
+      k3, data().repeat(), data(seed=1),
+      cfg(structures="channels,unstructured", objective="gzip_size",
+          sparsities="0.3,0.6", quantization_modes="int8"),
+      loss=LOSS, work_dir=str(tmp_path), stage_fn=stage)
+  assert backends and all("keras3" in b for b in backends), backends
+  result = plan.to_dict()
+  passing = [c for c in result["candidates"] if c["passed"]]
+  chosen = result["candidates"][result["chosen_index"]]
+  assert chosen["passed"]
+  assert chosen["gzip_bytes"] == min(c["gzip_bytes"] for c in passing)
+  assert {c["structure"] for c in result["candidates"]} >= {"channels",
+                                                            "unstructured"}
+  with open(plan.chosen.file, "rb") as f:
+    content = f.read()
+  assert hashlib.sha256(content).hexdigest() == plan.chosen.sha256
+  pred = predictors.TFLitePredictor(model_content=content,
+                                    io=plan.ios[plan.chosen.index])
+  metrics, _ = planning.metrics_of(pred.predict, data(seed=1), "probabilities")
+  assert metrics["accuracy"] == plan.chosen.metric
