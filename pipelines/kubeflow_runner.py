@@ -38,6 +38,7 @@ import re
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
+from tfx_compression.pipelines import local_runner
 from tfx_compression.pipelines.local_runner import DEFAULTS as _LOCAL_DEFAULTS
 
 # KFP v2 and Vertex AI accept only this pipeline name pattern (TFX checks it too).
@@ -61,7 +62,8 @@ TRAIN_ARGS = "train_args"
 RUNTIME_PARAMETERS = (TARGET_SPARSITY, MAX_DROP, PRUNE_STEPS, TRAIN_ARGS)
 
 # Steps whose pods --resources can size, and what it sets for each.
-RESOURCE_STEPS = ("Trainer", "Pruner", "Quantizer", "CompressionEvaluator")
+RESOURCE_STEPS = ("Trainer", "Pruner", "Quantizer", "CompressionPlanner",
+                  "CompressionEvaluator")
 _RESOURCE_HELP = ("STEP:cpu=N,memory=GB,gpu=N,gpu_type=TYPE, e.g. "
                   "Pruner:cpu=8,memory=32,gpu=2,gpu_type=NVIDIA_TESLA_T4")
 
@@ -261,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                   "Kubeflow Pipelines) and prints their paths.",
       epilog="Runtime parameters (change them per run without recompiling; the "
              "values above are their defaults): target_sparsity, max_drop, "
-             "prune_steps, train_args (JSON, e.g. '{\"num_steps\": 600}').")
+             "prune_steps, train_args (JSON, e.g. '{\"num_steps\": 600}'); "
+             "with --plan: max_drop and train_args.")
   p.add_argument("--image", default=None,
                  help="NAME:TAG of the image built from docker/, run by every "
                       "step (required)")
@@ -300,6 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--quantization", default=_LOCAL_DEFAULTS["quantization"],
                  help="Quantizer mode (dynamic, float16, int8, int16x8, qat), or "
                       "none to gate the pruned SavedModel (default: %(default)s)")
+  p.add_argument("--plan", action="store_true",
+                 help="a CompressionPlanner searches structure, sparsity and "
+                      "quantization within --max-drop instead of one fixed "
+                      "Pruner + Quantizer (runtime parameters: max_drop and "
+                      "train_args; half of --prune-steps fine-tunes each step)")
+  local_runner.add_plan_options(p)
+  p.add_argument("--search-sparsities", default=None,
+                 help="comma-separated sparsities to try step by step: the "
+                      "Pruner keeps the sparsest that passes the gate; with "
+                      "--plan, each structure climbs them (default there: "
+                      "0.5,0.7,0.8,0.85,0.9)")
   p.add_argument("--keras", type=int, choices=(2, 3), default=2,
                  help="train the demo CNN with tf_keras (2) or Keras 3 (3); the "
                       "image runs both (default: %(default)s)")
@@ -369,13 +383,20 @@ def compile_pipeline(image: str, pipeline_root: str, data_root: str,
                      quantization: str = _LOCAL_DEFAULTS["quantization"],
                      enable_cache: bool = True,
                      keras: int = 2,
-                     resources: Optional[Dict[str, Dict[str, Any]]] = None
+                     resources: Optional[Dict[str, Dict[str, Any]]] = None,
+                     search_sparsities: Optional[str] = None,
+                     plan: bool = False, objective: str = "size",
+                     planner_kwargs: Optional[Dict[str, Any]] = None
                      ) -> Tuple[str, str]:
   """Compiles the demo pipeline; returns the paths of the JSON and the YAML written.
 
   Values are not checked for remoteness here (see ``main``); the numbers are
   checked by the components' own configs, with the message naming the parameter.
   ``resources``: step -> its pod's resources, as :func:`parse_resources` gives.
+  ``plan``: a CompressionPlanner instead of the Pruner and Quantizer (with
+  ``objective`` and ``planner_kwargs``); its runtime parameters are max_drop
+  and train_args only (it has no target sparsity, and its search steps are
+  half of ``prune_steps``, fixed when compiling).
 
   Example:
     json_path, yaml_path = compile_pipeline(
@@ -393,17 +414,26 @@ def compile_pipeline(image: str, pipeline_root: str, data_root: str,
                 data_root=data_root, serving_model_dir=serving_model_dir,
                 sparsity_structure=sparsity_structure, quantization=quantization,
                 enable_cache=enable_cache, keras=keras,
-                trainer_run_fn=TRAINER_RUN_FNS.get(keras, TRAINER_RUN_FN))
+                trainer_run_fn=TRAINER_RUN_FNS.get(keras, TRAINER_RUN_FN),
+                search_sparsities=None if plan else search_sparsities,
+                plan=plan, objective=objective,
+                planner_kwargs=({**(planner_kwargs or {}),
+                                 "sparsities": search_sparsities}
+                                if plan and search_sparsities
+                                else planner_kwargs))
   # The components skip RuntimeParameters when validating, so build the pipeline
   # once with the defaults as plain values: a bad default fails here, by name.
   pipeline_lib.create_pipeline(target_sparsity=target_sparsity, max_drop=max_drop,
                                prune_steps=prune_steps, train_steps=train_steps,
                                **common)
   params = runtime_parameters(target_sparsity, max_drop, prune_steps, train_steps)
+  if plan:  # Only the parameters the planner's pipeline reads.
+    params = {k: v for k, v in params.items() if k in (MAX_DROP, TRAIN_ARGS)}
   pipe = pipeline_lib.create_pipeline(
-      target_sparsity=params[TARGET_SPARSITY], max_drop=params[MAX_DROP],
-      prune_steps=params[PRUNE_STEPS], train_args=params[TRAIN_ARGS],
-      **common)
+      target_sparsity=params.get(TARGET_SPARSITY, target_sparsity),
+      max_drop=params[MAX_DROP],
+      prune_steps=params.get(PRUNE_STEPS, prune_steps),
+      train_args=params[TRAIN_ARGS], **common)
   _set_resources(pipe, resources or {})
   runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
       config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
@@ -437,6 +467,25 @@ def _set_resources(pipe, resources: Dict[str, Dict[str, Any]]) -> None:
     by_id[step].with_platform_config(resource_spec(values))
 
 
+def _check_plan(args) -> Optional[Dict[str, Any]]:
+  """--plan and its options, checked as the local runner checks them (exit 2).
+
+  Returns the CompressionPlanner's extra parameters (None without --plan).
+  """
+  # pylint: disable=protected-access
+  if args.search_sparsities is not None:
+    local_runner._check_search_sparsities(args.search_sparsities)
+  as_local = argparse.Namespace(**vars(args), pack_inputs=0,
+                                int8_io="float32", distillation_weight=None,
+                                distillation_temperature=None)
+  local_runner._check_plan(as_local)
+  if not args.plan:
+    return None
+  kwargs = local_runner._planner_kwargs(as_local) or {}
+  kwargs.pop("sparsities", None)  # compile_pipeline passes them
+  return kwargs or None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
   """Command-line entry: exit 0 with the paths on stdout, 2 on bad input."""
   parser = build_parser()
@@ -459,6 +508,7 @@ def main(argv: Optional[List[str]] = None) -> int:
       if value < 1:
         raise UsageError(f"{option} {value} must be >= 1.")
     resources = parse_resources(args.resources)
+    planner_kwargs = _check_plan(args)
     serving_warning = None
     if args.serving_model_dir is not None:
       args.serving_model_dir, serving_warning = check_uri(
@@ -487,7 +537,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         prune_steps=args.prune_steps, train_steps=args.train_steps,
         sparsity_structure=args.sparsity_structure,
         quantization=args.quantization, enable_cache=not args.no_cache,
-        keras=args.keras, resources=resources)
+        keras=args.keras, resources=resources,
+        search_sparsities=args.search_sparsities, plan=args.plan,
+        objective=args.objective or "size", planner_kwargs=planner_kwargs)
   except (ValueError, TypeError) as e:
     parser.error(str(e))
   print(json_path)

@@ -81,16 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "passing step in each mode and keeps the best candidate "
                       "within --max-drop by --objective; half of --prune-steps "
                       "fine-tunes each step")
-  p.add_argument("--objective", default=None, choices=OBJECTIVE_CHOICES,
-                 help="with --plan: what the best candidate minimizes "
-                      "(default: size, the raw bytes)")
-  p.add_argument("--plan-structures", default=None,
-                 help="with --plan: comma-separated structures to climb, of "
-                      "channels, unstructured, M:N (e.g. 2:4), "
-                      "channels+unstructured (default: all four)")
-  p.add_argument("--plan-modes", default=None,
-                 help="with --plan: comma-separated quantization modes, of "
-                      "int8, float16, dynamic, none (default: all four)")
+  add_plan_options(p)
   p.add_argument("--distillation-weight", type=float, default=None,
                  help="distillation_weight in [0, 1] of the Pruner (with "
                       "--plan: of every planner step): fine-tune towards the "
@@ -221,6 +212,20 @@ def _check_search_sparsities(text: str) -> None:
     except ValueError:
       _fail(f"--search-sparsities {text!r}: {item!r} is not a number; give "
             f"comma-separated numbers in [0, 1), {example}.")
+
+
+def add_plan_options(p: argparse.ArgumentParser) -> None:
+  """--objective, --plan-structures, --plan-modes (this runner's and Kubeflow's)."""
+  p.add_argument("--objective", default=None, choices=OBJECTIVE_CHOICES,
+                 help="with --plan: what the best candidate minimizes "
+                      "(default: size, the raw bytes)")
+  p.add_argument("--plan-structures", default=None,
+                 help="with --plan: comma-separated structures to climb, of "
+                      "channels, unstructured, M:N (e.g. 2:4), "
+                      "channels+unstructured (default: all four)")
+  p.add_argument("--plan-modes", default=None,
+                 help="with --plan: comma-separated quantization modes, of "
+                      "int8, float16, dynamic, none (default: all four)")
 
 
 def _check_plan(args) -> None:

@@ -11,6 +11,7 @@ from tfx.types.component_spec import ComponentSpec
 from tfx.types.component_spec import ExecutionParameter
 
 from tfx_compression.components.common import artifacts
+from tfx_compression.components.common import thresholds as thresholds_lib
 from tfx_compression.components.compression_planner import config as config_lib
 from tfx_compression.components.compression_planner import executor
 
@@ -156,8 +157,14 @@ class CompressionPlanner(base_component.BaseComponent):
     for key in _FLOAT:
       if isinstance(params[key], int) and not isinstance(params[key], bool):
         params[key] = float(params[key])
+    concrete = artifacts.concrete(params)
+    # A gate threshold that is a RuntimeParameter (Kubeflow's max_drop) is
+    # known only at run time, where the executor checks it; a valid stand-in
+    # lets every other rule be checked now.
+    runtime = [k for k in thresholds_lib.QUALITY_FIELDS
+               if artifacts.is_placeholder(params.get(k))]
     config = config_lib.PlannerConfig.from_parameters(
-        artifacts.concrete(params))
+        {**concrete, **{k: 0.0 for k in runtime}})
     if not artifacts.is_placeholder(label_key) and not artifacts.is_placeholder(
         module_file):
       config.check_data_inputs(schema is not None, transform_graph is not None)
