@@ -103,7 +103,15 @@ def fit(keras, model, ds, steps: int, learning_rate: float, loss,
                      "training need it.")
   model.fit(ds.repeat(), steps_per_epoch=steps, epochs=1, verbose=0,
             callbacks=list(callbacks or []) + [progress.keras_callback(
-                progress.Progress(f"fine-tuning ({parameter})", steps), keras)])
+                progress.Progress(_PHASES.get(parameter, "fine-tuning"), steps),
+                keras)])
+
+
+# What the progress line says of each phase: the phase, not the step count's
+# parameter, which is the Pruner's train_steps but the planner's and the
+# search's search_steps.
+_PHASES = {"train_steps": "fine-tuning, masking channels",
+           "finetune_steps": "fine-tuning the narrow model"}
 
 
 def check_steps(**steps) -> None:
