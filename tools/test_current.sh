@@ -14,22 +14,27 @@
 #      `pip install WHEEL` (dependencies resolved by pip); the script fails if that
 #      changes the version of any package already installed (TFX stays 1.21);
 #   4. the tests, from a directory that holds only tests/ (so the installed package
-#      is what they import): unit tests, tests/install, the demo and penguin e2e tests.
+#      is what they import): unit tests, tests/install, the demo and penguin e2e tests;
+#   5. the evaluator's Beam job on a 2-process dask.distributed cluster (Beam 2.77's
+#      DaskRunner), in a copy of that venv with `pip install 'WHEEL[dask]'` (the
+#      `dask` extra resolved by pip), so the venv of steps 2-4 stays as a TFX 1.21
+#      team has it.
 # Prints how long each part took.
 #
 # Needs root (debootstrap, chroot, mount) and Debian's package registry and PyPI.
 # Variables: CURRENT_ROOT (where the root lives), DEBIAN_MIRROR, CURRENT_TESTS (which
-# parts: any of unit install demo penguin), PYTEST_ARGS.
+# parts: any of unit install demo penguin dask), PYTEST_ARGS.
 # /proc and /dev are bind-mounted into the root while it runs and unmounted on exit.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 ROOT="${CURRENT_ROOT:-/var/cache/tfx-compression/trixie}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-PARTS="${CURRENT_TESTS:-unit install demo penguin}"
+PARTS="${CURRENT_TESTS:-unit install demo penguin dask}"
 PYTEST_ARGS="${PYTEST_ARGS:-}"
 CONSTRAINTS="$REPO/constraints-tfx1.21-py3.13.txt"
 VENV=/opt/tfx-current          # inside the root
+DASK_VENV=/opt/tfx-current-dask  # a copy of VENV with the `dask` extra
 # What a team on TFX 1.21 has before installing us (versions from CONSTRAINTS).
 BASE_PACKAGES=("tfx==1.21.0" tensorflow-model-optimization tf-keras tensorboard
                ai-edge-litert pytest)
@@ -174,6 +179,18 @@ run_pytest() {  # run_pytest PATH...
     TFX_COMPRESSION_EXPECT_TFX=1.21.0 $VENV/bin/python -m pytest -p no:warnings $PYTEST_ARGS $*"
 }
 
+# The `dask` extra in a copy of the venv (a venv's own python finds its packages
+# from where it lies, so the copy works from its new path), then the Dask test.
+run_dask() {
+  rm -rf "${ROOT:?}$DASK_VENV"
+  cp -a "$ROOT$VENV" "$ROOT$DASK_VENV"
+  in_root "$DASK_VENV/bin/python" -m pip install -q "/opt/dist/$WHEEL[dask]"
+  in_root "$DASK_VENV/bin/python" -m pip check
+  # shellcheck disable=SC2086
+  in_root /bin/sh -c "cd /opt/run && $DASK_VENV/bin/python -m pytest -p no:warnings \
+    $PYTEST_ARGS tests/components/test_compression_evaluator_dask.py"
+}
+
 main() {
   [ "$(id -u)" = 0 ] || die "make test-current needs root (debootstrap, chroot, mount); run it as root or in CI."
   [ -f "$CONSTRAINTS" ] || die "missing $CONSTRAINTS"
@@ -202,7 +219,9 @@ main() {
                  run_pytest tests/e2e/test_penguin_pipeline.py \
                  --deselect tests/e2e/test_penguin_pipeline.py::test_compiles_for_kubeflow \
                  || failed+=(penguin) ;;
-      *) die "CURRENT_TESTS: unknown part '$part' (allowed: unit install demo penguin)" ;;
+      dask) timed_test "dask runner (tests/components/test_compression_evaluator_dask.py)" \
+              run_dask || failed+=(dask) ;;
+      *) die "CURRENT_TESTS: unknown part '$part' (allowed: unit install demo penguin dask)" ;;
     esac
   done
   [ ${#failed[@]} -eq 0 ] || { echo "error: test-current: failed: ${failed[*]}" >&2; return 1; }
