@@ -100,6 +100,20 @@ class TestModelStats:
     assert model_stats.weights_gzip_bytes(arrays) == expected
     assert model_stats.weights_gzip_bytes(iter(arrays)) == expected
 
+  def test_file_gzip_is_the_gzip_of_the_files_in_order(self, tmp_path):
+    """A file, or a directory's files in sorted order, read a MiB at a time."""
+    rng = np.random.default_rng(1)
+    big = rng.integers(0, 4, size=3 * (1 << 20) + 5, dtype=np.uint8).tobytes()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "variables.data").write_bytes(big)
+    (tmp_path / "a.pb").write_bytes(b"graph" * 1000)
+    (tmp_path / "empty").write_bytes(b"")
+    assert model_stats.gzip_file_bytes(str(tmp_path / "b" / "variables.data")) == (
+        model_stats.gzip_bytes(big))
+    # os.walk order: the root's files sorted, then sub-directories sorted.
+    assert model_stats.gzip_file_bytes(str(tmp_path)) == model_stats.gzip_bytes(
+        b"graph" * 1000 + big)
+
   def test_model_weights_are_get_weights_one_at_a_time(self):
     model = fixtures.tiny_model()
     streamed = model_stats.model_weights(model)
