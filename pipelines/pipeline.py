@@ -190,6 +190,8 @@ def create_pipeline(
       metadata_connection_config=(
           tfx.orchestration.metadata.sqlite_metadata_connection_config(
               metadata_path) if metadata_path else None),
-      beam_pipeline_args=beam_pipeline_args or ["--direct_running_mode=in_memory",
-                                                "--direct_num_workers=1"],
+      # None by default: Beam's defaults (DirectRunner, in memory, one worker).
+      # TFX stages a source package of itself for every Beam step given any
+      # args (2 s and ~55 MB left in the temp directory, per step and run).
+      beam_pipeline_args=list(beam_pipeline_args or []),
   )
