@@ -354,6 +354,37 @@ def test_multi_process_runner_gives_the_same_numbers(
   assert reports["multi_processing"]["metrics"] == reports["in_memory"]["metrics"]
 
 
+@pytest.mark.parametrize("beam_args,staged", [
+    (["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+     False),
+    (["--runner=DirectRunner"], False),
+    (["--runner=apache_beam.runners.direct.direct_runner.BundleBasedDirectRunner"],
+     False),
+    (["--runner=tfx_compression.components.compression_evaluator.dask_runner."
+      "DaskRunner", "--dask_client_address=tcp://h:8786"], False),
+    (["--runner=FlinkRunner", "--flink_master=h:8081"], True),
+    (["--runner=DataflowRunner", "--project=p"], True),
+])
+def test_tfx_package_is_staged_only_for_remote_runners(monkeypatch, tmp_path,
+                                                       beam_args, staged):
+  """TFX builds a source package of itself for remote workers (2 s, 55 MB)."""
+  from tfx.utils import dependency_utils  # pylint: disable=g-import-not-at-top
+  built = []
+
+  def build():
+    built.append(1)
+    return str(tmp_path / "tfx_ephemeral.tar.gz")
+
+  monkeypatch.setattr(dependency_utils, "build_ephemeral_package", build)
+  context = base_beam_executor.BaseBeamExecutor.Context(
+      beam_pipeline_args=list(beam_args), tmp_dir=str(tmp_path), unique_id="1")
+  args = executor.Executor(context)._beam_pipeline_args  # pylint: disable=protected-access
+  assert len(built) == int(staged)
+  assert (f"--extra_package={tmp_path / 'tfx_ephemeral.tar.gz'}" in args) == staged
+  assert args[:len(beam_args)] == beam_args  # the user's args, kept in order
+  assert context.beam_pipeline_args == beam_args  # the caller's, untouched
+
+
 class TestComponent:
   """The component checks its parameters when the pipeline is defined."""
 
