@@ -120,6 +120,9 @@ prepare_root() {
   cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.crt"
   mountpoint -q "$ROOT/proc" || mount --bind /proc "$ROOT/proc"
   mountpoint -q "$ROOT/dev" || mount --bind /dev "$ROOT/dev"
+  # What earlier runs left in the root's /tmp (a run that was killed before
+  # its tests' clean-up, or the demo's own TFX leftovers): the root is ours.
+  find "$ROOT/tmp" -mindepth 1 -delete
   if [ ! -e "$ROOT/.compilers-done" ]; then
     in_root apt-get update -qq
     in_root apt-get install -y -qq --no-install-recommends g++ python3-dev > /dev/null
