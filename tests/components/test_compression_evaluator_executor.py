@@ -426,6 +426,33 @@ class TestComponent:
     c = CompressionEvaluator(label_key="label", max_drop=drop, **self._channels())
     assert c.exec_properties["max_drop"] is drop
 
+  @pytest.mark.parametrize("runtime,params,error,match", [
+      ("max_drop", {"batch_size": 0}, ValueError, "batch_size"),
+      ("max_drop", {"eval_split": ""}, ValueError, "eval_split"),
+      ("max_drop", {"metric": "loss", "min_value": 0.5}, ValueError,
+       "contradicts"),
+      ("min_compression_ratio", {"max_drop": -0.1}, ValueError, "max_drop"),
+      ("min_compression_ratio", {}, ValueError, "at least one of"),
+  ])
+  def test_runtime_threshold_still_checks_the_rest(self, runtime, params,
+                                                   error, match):
+    from tfx.orchestration import data_types  # pylint: disable=g-import-not-at-top
+    from tfx_compression import CompressionEvaluator  # pylint: disable=g-import-not-at-top
+    value = data_types.RuntimeParameter(name=runtime, ptype=float, default=2.0)
+    with pytest.raises(error, match=match):
+      CompressionEvaluator(label_key="label", **{runtime: value}, **params,
+                           **self._channels())
+
+  def test_every_threshold_may_be_a_runtime_parameter(self):
+    from tfx.orchestration import data_types  # pylint: disable=g-import-not-at-top
+    from tfx_compression import CompressionEvaluator  # pylint: disable=g-import-not-at-top
+    thresholds = {name: data_types.RuntimeParameter(name=name, ptype=float,
+                                                    default=0.5)
+                  for name in ("max_drop", "max_relative_drop", "min_value",
+                               "min_compression_ratio", "max_latency_ratio")}
+    c = CompressionEvaluator(label_key="label", **thresholds, **self._channels())
+    assert all(c.exec_properties[k] is v for k, v in thresholds.items())
+
 
 def _blessing(tmp_path, name="upstream", blessed=1, **properties):
   art = standard_artifacts.ModelBlessing()
