@@ -318,17 +318,48 @@ def _chip(passed: bool) -> str:
 def to_html(report: EvaluationReport) -> str:
   """A self-contained HTML page (inline CSS and SVG; nothing is fetched)."""
   e = html.escape
-  blessed = report.blessed
-  metric = report.metric
-  ex, sizes = report.examples, report.sizes
-  lat, sp = report.latency, report.sparsity
-  base_m = report.metric_value("baseline")
-  cand_m = report.metric_value("candidate")
-  drop = report.metric_drop
+  ex, sizes, sp = report.examples, report.sizes, report.sparsity
+  blessed, metric = report.blessed, report.metric
+  status = "BLESSED" if blessed else "NOT BLESSED"
+  return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Compression gate: {status}</title>
+<style>{_CSS}</style></head>
+<body><main>
+<h1>Compression gate</h1>
+<p class="sub">{ex.count} examples of the '{e(ex.split)}' split;
+label <code>{e(str(ex.label_key))}</code>; {ex.num_classes} classes;
+gate metric <strong>{e(metric)}</strong>.</p>
+<div class="verdict {'pass' if blessed else 'fail'}">
+<div class="badge">{status}</div><p>{e(report.verdict)}</p></div>
+<div class="cards">{_html_cards(report)}</div>
+<section><h2>Thresholds</h2>{_html_thresholds(report)}</section>
+{_html_plots(report)}
+<section><h2>Metrics</h2>{_html_metrics(report)}</section>
+<section><h2>Size</h2><p class="sub">Compared: {e(sizes.representation)}.
+<code>min_compression_ratio</code> compares the {e(sizes.compression_measure)}
+bytes. Baseline SavedModel: {e(fmt_bytes(sizes.baseline_saved_model_bytes))}.
+</p>{_html_sizes(report)}</section>
+<section><h2>Latency</h2>{_html_latency(report)}</section>
+<section><h2>Sparsity</h2><p>Candidate {e(fmt_percent(sp.candidate))}
+({e(sp.source)}); baseline {e(fmt_percent(sp.baseline))}.</p>
+</section>
+<section><h2>Models</h2>{_html_models(report)}
+<details><summary>Configuration</summary><pre>{e(_config_json(report))}</pre></details>
+</section>
+</main></body></html>
+"""
 
+
+def _html_cards(report: EvaluationReport) -> str:
+  """The four headline figures: metric, size, latency, sparsity."""
+  e = html.escape
+  sizes, lat, sp = report.sizes, report.latency, report.sparsity
   cards = [
-      (metric, fmt_value(cand_m),
-       f"baseline {fmt_value(base_m)}; drop {fmt_value(drop)}"),
+      (report.metric, fmt_value(report.metric_value("candidate")),
+       f"baseline {fmt_value(report.metric_value('baseline'))}; "
+       f"drop {fmt_value(report.metric_drop)}"),
       ("size ratio", fmt_ratio(sizes.size_ratio),
        f"gzip {fmt_ratio(sizes.gzip_size_ratio)}"),
       ("latency ratio", fmt_ratio(lat.latency_ratio),
@@ -337,48 +368,68 @@ def to_html(report: EvaluationReport) -> str:
       ("sparsity", fmt_percent(sp.candidate),
        f"baseline {fmt_percent(sp.baseline)}"),
   ]
-  cards_html = "".join(
+  return "".join(
       f'<div class="card"><div class="k">{e(k)}</div><div class="v">{e(v)}'
       f'</div><div class="d">{e(d)}</div></div>' for k, v, d in cards)
 
+
+def _html_thresholds(report: EvaluationReport) -> str:
+  e = html.escape
   check_rows = [(f"<code>{e(n)}</code>", e(d), e(v), e(l), _chip(p))
                 for n, d, v, l, p in _check_rows(report)]
   check_rows += [("<em>other</em>", e(r), "", "", _chip(False))
                  for r in report.reasons]
-  thresholds_html = _table(["threshold", "what", "value", "limit", "result"],
-                           check_rows, num_cols=(2, 3))
+  return _table(["threshold", "what", "value", "limit", "result"],
+                check_rows, num_cols=(2, 3))
 
+
+def _html_metrics(report: EvaluationReport) -> str:
+  """Every metric of both models (the gate's row marked), then the notes."""
+  e = html.escape
+  metric = report.metric
   metric_rows = _metric_rows(report)
   row_classes = ["gate" if (r[0] == metric or (
       metric == "top_k_accuracy" and r[0].startswith("top_"))) else ""
                  for r in metric_rows]
-  metrics_html = _table(["metric", "baseline", "candidate", "change"],
-                        [[e(c) for c in r] for r in metric_rows], row_classes,
-                        num_cols=(1, 2, 3))
+  table = _table(["metric", "baseline", "candidate", "change"],
+                 [[e(c) for c in r] for r in metric_rows], row_classes,
+                 num_cols=(1, 2, 3))
   notes = _prediction_notes(report)
   notes_html = ("<ul class='notes'>" + "".join(f"<li>{e(n)}</li>" for n in notes)
                 + "</ul>") if notes else ""
+  return table + notes_html
 
-  size_html = _table(
+
+def _html_sizes(report: EvaluationReport) -> str:
+  e = html.escape
+  sizes = report.sizes
+  return _table(
       ["", "baseline", "candidate", "baseline / candidate"],
       [["bytes", e(fmt_bytes(sizes.baseline_bytes)),
         e(fmt_bytes(sizes.candidate_bytes)), e(fmt_ratio(sizes.size_ratio))],
        ["gzip bytes", e(fmt_bytes(sizes.baseline_gzip_bytes)),
         e(fmt_bytes(sizes.candidate_gzip_bytes)),
         e(fmt_ratio(sizes.gzip_size_ratio))]], num_cols=(1, 2, 3))
-  if lat.samples:
-    lat_html = _table(
-        ["", "baseline", "candidate", "candidate / baseline"],
-        [["median per example", e(fmt_seconds(lat.baseline_seconds)),
-          e(fmt_seconds(lat.candidate_seconds)),
-          e(fmt_ratio(lat.latency_ratio))]], num_cols=(1, 2, 3))
-    lat_html += (f"<p class='sub'>{e(lat.runtime)}; {lat.threads} "
-                 f"thread(s); {lat.samples} examples timed per model after "
-                 f"{lat.warmup} warm-up calls; the models take turns every "
-                 f"{lat.block} example(s).</p>")
-  else:
-    lat_html = "<p>Not measured (<code>latency_samples</code>=0).</p>"
 
+
+def _html_latency(report: EvaluationReport) -> str:
+  e = html.escape
+  lat = report.latency
+  if not lat.samples:
+    return "<p>Not measured (<code>latency_samples</code>=0).</p>"
+  table = _table(
+      ["", "baseline", "candidate", "candidate / baseline"],
+      [["median per example", e(fmt_seconds(lat.baseline_seconds)),
+        e(fmt_seconds(lat.candidate_seconds)),
+        e(fmt_ratio(lat.latency_ratio))]], num_cols=(1, 2, 3))
+  return table + (f"<p class='sub'>{e(lat.runtime)}; {lat.threads} "
+                  f"thread(s); {lat.samples} examples timed per model after "
+                  f"{lat.warmup} warm-up calls; the models take turns every "
+                  f"{lat.block} example(s).</p>")
+
+
+def _html_plots(report: EvaluationReport) -> str:
+  """The plots section (size against metric, search, plan), or nothing."""
   plots = []
   svg = report_plots.size_metric_svg(report)
   if svg:
@@ -396,54 +447,29 @@ def to_html(report: EvaluationReport) -> str:
         f"{label}: filled green on the Pareto front of those that passed, "
         "hollow green passed but dominated, red failed the gate; the diamond "
         "was chosen.</figcaption></figure>")
-  plots_html = (f"<section><h2>Plots</h2><div class='plots'>{''.join(plots)}"
-                "</div></section>") if plots else ""
+  return (f"<section><h2>Plots</h2><div class='plots'>{''.join(plots)}"
+          "</div></section>") if plots else ""
 
+
+def _html_models(report: EvaluationReport) -> str:
+  """Both models' kinds and paths, and the upstream blessing if wired."""
+  e = html.escape
   cand = report.models["candidate"]
-  models_html = _table(
+  table = _table(
       ["", "kind", "path"],
       [["baseline", e(report.models["baseline"]["kind"]),
         f"<code>{e(str(report.models['baseline']['path']))}</code>"],
        ["candidate", e(cand["kind"] + (f" (preprocessing: {cand['preprocessing']})"
                                        if cand.get("preprocessing") else "")),
         f"<code>{e(str(cand['path']))}</code>"]])
-  blessing_note = ""
-  if report.baseline_blessed is not None:
-    upstream = "blessed" if report.baseline_blessed else "NOT blessed"
-    blessing_note = f"<p>Upstream blessing of the baseline: {upstream}.</p>"
+  if report.baseline_blessed is None:
+    return table
+  upstream = "blessed" if report.baseline_blessed else "NOT blessed"
+  return table + f"<p>Upstream blessing of the baseline: {upstream}.</p>"
 
-  config_json = json.dumps(_sanitize(dict(report.config)), indent=2,
-                           sort_keys=True)
-  status = "BLESSED" if blessed else "NOT BLESSED"
-  return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Compression gate: {status}</title>
-<style>{_CSS}</style></head>
-<body><main>
-<h1>Compression gate</h1>
-<p class="sub">{ex.count} examples of the '{e(ex.split)}' split;
-label <code>{e(str(ex.label_key))}</code>; {ex.num_classes} classes;
-gate metric <strong>{e(metric)}</strong>.</p>
-<div class="verdict {'pass' if blessed else 'fail'}">
-<div class="badge">{status}</div><p>{e(report.verdict)}</p></div>
-<div class="cards">{cards_html}</div>
-<section><h2>Thresholds</h2>{thresholds_html}</section>
-{plots_html}
-<section><h2>Metrics</h2>{metrics_html}{notes_html}</section>
-<section><h2>Size</h2><p class="sub">Compared: {e(sizes.representation)}.
-<code>min_compression_ratio</code> compares the {e(sizes.compression_measure)}
-bytes. Baseline SavedModel: {e(fmt_bytes(sizes.baseline_saved_model_bytes))}.
-</p>{size_html}</section>
-<section><h2>Latency</h2>{lat_html}</section>
-<section><h2>Sparsity</h2><p>Candidate {e(fmt_percent(sp.candidate))}
-({e(sp.source)}); baseline {e(fmt_percent(sp.baseline))}.</p>
-</section>
-<section><h2>Models</h2>{models_html}{blessing_note}
-<details><summary>Configuration</summary><pre>{e(config_json)}</pre></details>
-</section>
-</main></body></html>
-"""
+
+def _config_json(report: EvaluationReport) -> str:
+  return json.dumps(_sanitize(dict(report.config)), indent=2, sort_keys=True)
 
 
 def render(report: EvaluationReport) -> Dict[str, str]:
