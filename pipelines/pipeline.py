@@ -118,51 +118,16 @@ def create_pipeline(
                   else tfx.proto.TrainArgs(num_steps=train_steps)),
       eval_args=tfx.proto.EvalArgs(num_steps=eval_steps))
 
-  components_list = [example_gen, statistics_gen, schema_gen, trainer]
-  if plan:
-    planner = CompressionPlanner(
-        model=trainer.outputs["model"],
-        examples=example_gen.outputs["examples"],
-        schema=schema_gen.outputs["schema"],
-        label_key=LABEL_KEY, objective=objective,
-        # Each step continues from the last: half the fixed run's steps, as
-        # the Pruner's own search.
-        search_steps=(max(1, prune_steps // 2) if isinstance(prune_steps, int)
-                      else prune_steps),
-        metric="accuracy", max_drop=max_drop, min_value=min_value,
-        **(planner_kwargs or {}))
-    components_list.append(planner)
-    candidate = planner.outputs["compressed_model"]
-  else:
-    pruner_args = dict(
-        model=trainer.outputs["model"],
-        examples=example_gen.outputs["examples"],
-        schema=schema_gen.outputs["schema"],
-        label_key=LABEL_KEY,
-        target_sparsity=target_sparsity,
-        sparsity_structure=sparsity_structure,
-        train_steps=prune_steps,
-    )
-    if search_sparsities:
-      # The search gates each step with the same thresholds as the final gate.
-      pruner_args.update(search_sparsities=search_sparsities, max_drop=max_drop,
-                         min_value=min_value)
-    pruner_args.update(pruner_kwargs or {})
-    pruner = Pruner(**pruner_args)
-    components_list.append(pruner)
-
-    candidate = pruner.outputs["pruned_model"]
-    if quantization != "none":
-      quantizer = Quantizer(
-          model=pruner.outputs["pruned_model"],
-          examples=example_gen.outputs["examples"],
-          schema=schema_gen.outputs["schema"],
-          label_key=LABEL_KEY,
-          quantization=quantization,
-          **(quantizer_kwargs or {}))
-      components_list.append(quantizer)
-      candidate = quantizer.outputs["quantized_model"]
-
+  compression, candidate = _compression_steps(
+      trainer.outputs["model"], example_gen.outputs["examples"],
+      schema_gen.outputs["schema"], plan=plan, objective=objective,
+      target_sparsity=target_sparsity, sparsity_structure=sparsity_structure,
+      prune_steps=prune_steps, quantization=quantization, max_drop=max_drop,
+      min_value=min_value, search_sparsities=search_sparsities,
+      pruner_kwargs=pruner_kwargs, quantizer_kwargs=quantizer_kwargs,
+      planner_kwargs=planner_kwargs)
+  components_list = [example_gen, statistics_gen, schema_gen, trainer,
+                     *compression]
   evaluator = CompressionEvaluator(
       baseline_model=trainer.outputs["model"],
       candidate_model=candidate,
@@ -195,3 +160,47 @@ def create_pipeline(
       # args (2 s and ~55 MB left in the temp directory, per step and run).
       beam_pipeline_args=list(beam_pipeline_args or []),
   )
+
+
+def _compression_steps(model, examples, schema, *, plan, objective,
+                       target_sparsity, sparsity_structure, prune_steps,
+                       quantization, max_drop, min_value, search_sparsities,
+                       pruner_kwargs, quantizer_kwargs, planner_kwargs):
+  """The steps between the Trainer and the gate: a CompressionPlanner, or a
+  Pruner then (unless quantization is 'none') a Quantizer.
+
+  Returns:
+    (the components, the channel of the model the gate measures and pushes).
+  """
+  if plan:
+    planner = CompressionPlanner(
+        model=model, examples=examples, schema=schema,
+        label_key=LABEL_KEY, objective=objective,
+        # Each step continues from the last: half the fixed run's steps, as
+        # the Pruner's own search.
+        search_steps=(max(1, prune_steps // 2) if isinstance(prune_steps, int)
+                      else prune_steps),
+        metric="accuracy", max_drop=max_drop, min_value=min_value,
+        **(planner_kwargs or {}))
+    return [planner], planner.outputs["compressed_model"]
+  pruner_args = dict(
+      model=model, examples=examples, schema=schema,
+      label_key=LABEL_KEY,
+      target_sparsity=target_sparsity,
+      sparsity_structure=sparsity_structure,
+      train_steps=prune_steps,
+  )
+  if search_sparsities:
+    # The search gates each step with the same thresholds as the final gate.
+    pruner_args.update(search_sparsities=search_sparsities, max_drop=max_drop,
+                       min_value=min_value)
+  pruner_args.update(pruner_kwargs or {})
+  pruner = Pruner(**pruner_args)
+  if quantization == "none":
+    return [pruner], pruner.outputs["pruned_model"]
+  quantizer = Quantizer(
+      model=pruner.outputs["pruned_model"], examples=examples, schema=schema,
+      label_key=LABEL_KEY,
+      quantization=quantization,
+      **(quantizer_kwargs or {}))
+  return [pruner, quantizer], quantizer.outputs["quantized_model"]
