@@ -171,61 +171,22 @@ def add_compression(
     ValueError: a missing label or input, nothing to compress, clashing ids, or
       any component parameter out of range (checked by the components).
   """
-  _check_channel("model", model, standard_artifacts.Model, True)
-  _check_channel("examples", examples, standard_artifacts.Examples, True)
-  _check_channel("schema", schema, standard_artifacts.Schema, False)
-  _check_channel("transform_graph", transform_graph,
-                 standard_artifacts.TransformGraph, False)
-  _check_channel("baseline_blessing", baseline_blessing,
-                 standard_artifacts.ModelBlessing, False)
-  if schema is None and transform_graph is None:
-    raise ValueError("Pass `schema` (schema_gen.outputs['schema']) or "
-                     "`transform_graph`: the components need one to parse the "
-                     "raw Examples.")
-  if not isinstance(label_key, str) or not label_key.strip():
-    raise ValueError(f"`label_key`={label_key!r}: name the label as it is in the "
-                     "raw Examples (e.g. 'species').")
-  if not isinstance(plan, bool):
-    raise TypeError(f"`plan` must be True or False, got {plan!r}.")
-  if plan and (pruner_kwargs or quantizer_kwargs):
-    raise ValueError(
-        "`plan`=True replaces the Pruner and the Quantizer with the "
-        "CompressionPlanner, so `pruner_kwargs`/`quantizer_kwargs` would be "
-        "ignored; pass those parameters in `planner_kwargs` instead.")
+  _check_inputs(model=model, examples=examples, schema=schema,
+                transform_graph=transform_graph,
+                baseline_blessing=baseline_blessing, label_key=label_key,
+                plan=plan, pruner_kwargs=pruner_kwargs,
+                quantizer_kwargs=quantizer_kwargs)
   if quantization == "none":
     quantization = None
   if not plan and not sparsity_structure and not quantization:
     raise ValueError("Nothing to compress: `sparsity_structure` and "
                      "`quantization` are both unset. Set at least one.")
-  if not isinstance(id_prefix, str):
-    raise TypeError(f"`id_prefix` must be a string, got {id_prefix!r}.")
-  ids = {k: id_prefix + v for k, v in DEFAULT_IDS.items()}
-  taken = {getattr(c, "id", None) for c in existing_components}
-  clashes = sorted(taken & set(ids.values()))
-  if clashes:
-    raise ValueError(f"Component ids {clashes} are already used in "
-                     "`existing_components`; pass `id_prefix` (e.g. "
-                     "id_prefix='Mobile') to give the added components other ids.")
+  ids = _component_ids(id_prefix, existing_components)
   push = _push_destination(push_destination)
-
-  distill = {k: v for k, v in (
-      ("distillation_weight", distillation_weight),
-      ("distillation_temperature", distillation_temperature)) if v is not None}
-  for name, kwargs in (("pruner_kwargs", pruner_kwargs),
-                       ("quantizer_kwargs", quantizer_kwargs),
-                       ("planner_kwargs", planner_kwargs)):
-    both = sorted(set(distill) & set(kwargs or {}))
-    if both:
-      raise ValueError(
-          f"`{both[0]}` is given both as an argument and in `{name}`; give it "
-          "once (the argument applies to every fine-tuning).")
-  if distill:
-    if plan:
-      planner_kwargs = {**(planner_kwargs or {}), **distill}
-    else:
-      pruner_kwargs = {**(pruner_kwargs or {}), **distill}
-      if quantization == "qat":
-        quantizer_kwargs = {**(quantizer_kwargs or {}), **distill}
+  pruner_kwargs, quantizer_kwargs, planner_kwargs = _with_distillation(
+      distillation_weight, distillation_temperature, plan=plan,
+      qat=quantization == "qat", pruner_kwargs=pruner_kwargs,
+      quantizer_kwargs=quantizer_kwargs, planner_kwargs=planner_kwargs)
   data = dict(examples=examples, schema=schema, transform_graph=transform_graph,
               label_key=label_key)
   pruner = quantizer = planner = None
@@ -257,3 +218,70 @@ def add_compression(
       push_destination=push).with_id(ids["pusher"])
   return CompressionComponents(pruner, quantizer, evaluator, pusher, candidate,
                                planner)
+
+
+def _check_inputs(*, model, examples, schema, transform_graph,
+                  baseline_blessing, label_key, plan, pruner_kwargs,
+                  quantizer_kwargs) -> None:
+  """add_compression's channel types, label and plan checks."""
+  _check_channel("model", model, standard_artifacts.Model, True)
+  _check_channel("examples", examples, standard_artifacts.Examples, True)
+  _check_channel("schema", schema, standard_artifacts.Schema, False)
+  _check_channel("transform_graph", transform_graph,
+                 standard_artifacts.TransformGraph, False)
+  _check_channel("baseline_blessing", baseline_blessing,
+                 standard_artifacts.ModelBlessing, False)
+  if schema is None and transform_graph is None:
+    raise ValueError("Pass `schema` (schema_gen.outputs['schema']) or "
+                     "`transform_graph`: the components need one to parse the "
+                     "raw Examples.")
+  if not isinstance(label_key, str) or not label_key.strip():
+    raise ValueError(f"`label_key`={label_key!r}: name the label as it is in the "
+                     "raw Examples (e.g. 'species').")
+  if not isinstance(plan, bool):
+    raise TypeError(f"`plan` must be True or False, got {plan!r}.")
+  if plan and (pruner_kwargs or quantizer_kwargs):
+    raise ValueError(
+        "`plan`=True replaces the Pruner and the Quantizer with the "
+        "CompressionPlanner, so `pruner_kwargs`/`quantizer_kwargs` would be "
+        "ignored; pass those parameters in `planner_kwargs` instead.")
+
+
+def _component_ids(id_prefix: str, existing_components: Sequence[Any]
+                   ) -> Dict[str, str]:
+  """The added components' ids, refused when the pipeline already has them."""
+  if not isinstance(id_prefix, str):
+    raise TypeError(f"`id_prefix` must be a string, got {id_prefix!r}.")
+  ids = {k: id_prefix + v for k, v in DEFAULT_IDS.items()}
+  taken = {getattr(c, "id", None) for c in existing_components}
+  clashes = sorted(taken & set(ids.values()))
+  if clashes:
+    raise ValueError(f"Component ids {clashes} are already used in "
+                     "`existing_components`; pass `id_prefix` (e.g. "
+                     "id_prefix='Mobile') to give the added components other ids.")
+  return ids
+
+
+def _with_distillation(weight, temperature, *, plan, qat, pruner_kwargs,
+                       quantizer_kwargs, planner_kwargs):
+  """(pruner, quantizer, planner kwargs) with the distillation arguments added
+  to every fine-tuning: the planner's, or the Pruner's and a QAT Quantizer's."""
+  distill = {k: v for k, v in (("distillation_weight", weight),
+                               ("distillation_temperature", temperature))
+             if v is not None}
+  for name, kwargs in (("pruner_kwargs", pruner_kwargs),
+                       ("quantizer_kwargs", quantizer_kwargs),
+                       ("planner_kwargs", planner_kwargs)):
+    both = sorted(set(distill) & set(kwargs or {}))
+    if both:
+      raise ValueError(
+          f"`{both[0]}` is given both as an argument and in `{name}`; give it "
+          "once (the argument applies to every fine-tuning).")
+  if distill:
+    if plan:
+      planner_kwargs = {**(planner_kwargs or {}), **distill}
+    else:
+      pruner_kwargs = {**(pruner_kwargs or {}), **distill}
+      if qat:
+        quantizer_kwargs = {**(quantizer_kwargs or {}), **distill}
+  return pruner_kwargs, quantizer_kwargs, planner_kwargs
