@@ -342,15 +342,7 @@ def evaluate(*, pipeline, config, baseline_path: str, candidate_path: str,
                     chance_accuracy=chance)
   examples = _examples_section(config, base_stats, cand_stats, base_metrics,
                                output_kinds, kinds_source, chance)
-  sparsity = report_types.Sparsity(
-      candidate=(candidate_sparsity if candidate_sparsity is not None
-                 else measured_sparsity),
-      source=("recorded by the step that wrote the candidate"
-              if candidate_sparsity is not None else
-              "measured: zeros in the candidate's kernel weights"),
-      measured=measured_sparsity,
-      baseline=model_stats.sparsity_stats(baseline.model)["sparsity"],
-  )
+  sparsity = _sparsity_section(candidate_sparsity, measured_sparsity, baseline)
   models = {
       "baseline": {"kind": "keras", "path": baseline_path},
       "candidate": {"kind": sources["candidate"].kind,
@@ -362,6 +354,18 @@ def evaluate(*, pipeline, config, baseline_path: str, candidate_path: str,
                    sizes, latency, sparsity, models, baseline_blessed,
                    pruning_search, plan)
   return EvaluationResult(decision=decision, report=report)
+
+
+def _sparsity_section(recorded: Optional[float], measured: Optional[float],
+                      baseline: KerasPredictor) -> report_types.Sparsity:
+  """The candidate's sparsity as its producer recorded it, else as measured."""
+  return report_types.Sparsity(
+      candidate=recorded if recorded is not None else measured,
+      source=("recorded by the step that wrote the candidate"
+              if recorded is not None else
+              "measured: zeros in the candidate's kernel weights"),
+      measured=measured,
+      baseline=model_stats.sparsity_stats(baseline.model)["sparsity"])
 
 
 def _model_sources(config, baseline_path: str, candidate_path: str,
