@@ -207,6 +207,54 @@ def test_size_objective_skips_a_structure_that_cannot_be_smaller(model,
   assert plan.chosen.structure == "none"
 
 
+def _bound(objective, candidates, structure="unstructured", start=(0,)):
+  import types  # pylint: disable=g-import-not-at-top
+  planner = types.SimpleNamespace(config=cfg(objective=objective),
+                                  candidates=candidates)
+  return planning._Planner.dense_bound_skip(planner, structure, list(start))
+
+
+def test_latency_bound_skips_only_beyond_timing_noise():
+  start = cand(0, 3000, 0.9, latency=10.0)
+  # A passing candidate at 0.8x of the starting model's latency: skipped.
+  why = _bound("latency", [start, cand(1, 900, 0.9, latency=8.0)])
+  assert "dense kernels" in why and "10.0 us" in why and "0.80x" in why
+  # 0.81x could be noise: the climb runs.
+  assert _bound("latency", [start, cand(1, 900, 0.9, latency=8.1)]) is None
+  # A faster candidate that failed the gate bounds nothing.
+  assert _bound("latency", [start, cand(1, 900, 0.9, passed=False,
+                                        latency=1.0)]) is None
+  # Channels pruning is never bounded; nor is gzip_size.
+  fast = [start, cand(1, 900, 0.9, latency=2.0)]
+  assert _bound("latency", fast, structure="channels") is None
+  assert _bound("gzip_size", fast) is None
+  # The size bound is as before: a passing candidate at most the start's
+  # raw bytes (the start's own conversion failed the gate here).
+  failed = cand(0, 3000, 0.9, passed=False)
+  assert "3,000 raw bytes" in _bound("size", [failed, cand(1, 3000, 0.9)])
+  assert _bound("size", [failed, cand(1, 3001, 0.9)]) is None
+
+
+def test_latency_objective_skips_unstructured_after_faster_channels(
+    model, tmp_path, monkeypatch):
+  # Latency made a steep function of the model's bytes (the tiny model's
+  # TFLite file is mostly overhead), so that the narrow models of the
+  # channels climb are faster and the unstructured ones, stored densely,
+  # are not.
+  monkeypatch.setattr(planning._Planner, "_latency",
+                      lambda self, pred: (len(pred.content) / 1000.0) ** 8)
+  stage = CountingStage()
+  plan = planning.search_plan(
+      model, data().repeat(), data(seed=1),
+      cfg(structures="channels,unstructured", objective="latency",
+          sparsities="0.3", quantization_modes="int8"),
+      loss=LOSS, work_dir=str(tmp_path), stage_fn=stage)
+  assert [c[0] for c in stage.calls] == ["channels"]  # no unstructured step
+  assert [s["structure"] for s in plan.skipped] == ["unstructured"]
+  assert "dense kernels" in plan.skipped[0]["why"]
+  assert plan.chosen.structure == "channels"
+
+
 def test_no_passing_candidate_names_the_best_figures(model, tmp_path):
   with pytest.raises(planning.PlanError,
                      match=r"No compression plan passes the gate .* the best "
