@@ -166,9 +166,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     # Given any beam args, BaseBeamExecutor builds and stages a source package
     # of TFX (make_beam_dependency_flags: ~2 s, and ~55 MB left in the temp
     # directory per execution) for remote workers. A runner that runs in this
-    # environment never installs it, so the args are used as given; the one
-    # other thing BaseBeamExecutor does with them, parsing absl flags among
-    # them, is done the same way here. Other runners keep TFX's behaviour.
+    # environment never installs it, so the args are used as given: absl
+    # flags among them are parsed as BaseBeamExecutor does, and its telemetry
+    # --labels (for Dataflow) are left out. Other runners keep TFX's behaviour.
     local_args = None
     if (isinstance(context, base_beam_executor.BaseBeamExecutor.Context)
         and context.beam_pipeline_args
