@@ -12,14 +12,71 @@ the same process: median seconds of 5 calls after a warm-up, and a check that
 the thresholds are equal. (The whole Pruner step, with and without our update,
 is part B of ``real_arch.py``: kinds ``unstructured`` and
 ``unstructured_tfmot``.)
+
+``--memory``: the memory of the whole update, tfmot's ``Pruning._update_mask``
+against ``SelectPruning._update_mask``, each in a fresh process: one
+``tf.function`` of the update of every kernel at sparsity 0.8, VmRSS before
+tracing, after tracing, and the peak (VmHWM) after four calls.
 """
 
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _status_mib(field: str) -> int:
+  with open("/proc/self/status") as f:
+    return int(f.read().split(field + ":")[1].split()[0]) // 1024
+
+
+def _memory_child(model_name: str, which: str) -> None:
+  """Prints 'before traced peak' MiB of one update path (a fresh process)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  from tensorflow_model_optimization.python.core.sparsity.keras import pruning_impl  # pylint: disable=g-import-not-at-top
+  from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule  # pylint: disable=g-import-not-at-top
+  from tfx_compression.components.pruner import keras2_mask_select  # pylint: disable=g-import-not-at-top
+  build = {"resnet50": tf_keras.applications.ResNet50,
+           "mobilenetv2": tf_keras.applications.MobileNetV2}[model_name]
+  model = build(weights=None, input_shape=(96, 96, 3), classes=10)
+  kernels = [tf.Variable(w) for w in model.weights
+             if w.name.split("/")[-1].startswith(("kernel", "depthwise_kernel"))]
+  del model
+  step = tf.Variable(0)
+  cls = (keras2_mask_select.SelectPruning if which == "ours"
+         else pruning_impl.Pruning)
+  updates = [cls(training_step_fn=lambda: step, pruning_vars=[],
+                 pruning_schedule=pruning_schedule.ConstantSparsity(0.8, 0),
+                 block_size=(1, 1), block_pooling_type="AVG")
+             for _ in kernels]
+
+  @tf.function
+  def update():
+    return [u._update_mask(k)[0] for u, k in zip(updates, kernels)]  # pylint: disable=protected-access
+
+  before = _status_mib("VmRSS")
+  update.get_concrete_function()
+  traced = _status_mib("VmRSS")
+  for _ in range(4):
+    update()
+  print(before, traced, _status_mib("VmHWM"))
+
+
+def _memory(model_name: str) -> None:
+  print(f"{model_name}: the whole mask update of every kernel, fresh process "
+        "each (MiB)")
+  print(f"  {'update':12s} {'traced':>8s} {'peak':>8s}")
+  for name, which in (("tfmot", "tfmot"), ("ours", "ours")):
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.mask_select", "--model", model_name,
+         "--memory-child", which], capture_output=True, text=True, check=True)
+    before, traced, peak = (int(v) for v in out.stdout.split()[-3:])
+    print(f"  {name:12s} {traced - before:+8d} {peak - before:+8d}")
 
 
 def main(argv=None) -> None:
@@ -27,7 +84,17 @@ def main(argv=None) -> None:
   parser.add_argument("--model", choices=("resnet50", "mobilenetv2"),
                       default="resnet50")
   parser.add_argument("--calls", type=int, default=5)
+  parser.add_argument("--memory", action="store_true",
+                      help="the update's memory instead of its time")
+  parser.add_argument("--memory-child", choices=("tfmot", "ours"),
+                      help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.memory_child:
+    _memory_child(args.model, args.memory_child)
+    return
+  if args.memory:
+    _memory(args.model)
+    return
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
   from tfx_compression.components.pruner import keras2_mask_select  # pylint: disable=g-import-not-at-top
