@@ -42,8 +42,8 @@ from tfx_compression.pipelines import local_runner
 from tfx_compression.pipelines.local_runner import DEFAULTS as _LOCAL_DEFAULTS
 # The option checks live in kubeflow_options; their names stay importable here.
 from tfx_compression.pipelines.kubeflow_options import (  # pylint: disable=unused-import
-    GFILE_SCHEMES, RESOURCE_STEPS, _RESOURCE_HELP, UsageError, check_image,
-    check_uri, is_remote_uri, parse_resources, resource_spec, split_image)
+    GFILE_SCHEMES, RESOURCE_STEPS, _RESOURCE_HELP, UsageError, check_image,  # noqa: F401
+    check_uri, is_remote_uri, parse_resources, resource_spec, split_image)  # noqa: F401
 
 # KFP v2 and Vertex AI accept only this pipeline name pattern (TFX checks it too).
 PIPELINE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
