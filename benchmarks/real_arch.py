@@ -168,7 +168,7 @@ def print_part_a(a: Dict[str, Any]) -> None:
         f"{a['keras_accuracy']['ours_channels']:.4f}, reference "
         f"{a['keras_accuracy']['ref_channels']:.4f})")
   base = rows["dense_float_packed"]
-  print(f"| model | accuracy | raw bytes | gzip bytes | µs | lat x |")
+  print("| model | accuracy | raw bytes | gzip bytes | µs | lat x |")
   print("|---|---:|---:|---:|---:|---:|")
   for key, label in ROWS_A:
     m = rows.get(key)

@@ -164,7 +164,6 @@ def child(kind: str, cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 def _convert(model, cfg) -> Dict[str, Any]:
   """int8 conversion (ours and the guide's) and the evaluator's throughput."""
-  import numpy as np
   import tensorflow as tf
   from tfx_compression.components.common import features, tflite_convert
   from tfx_compression.components.compression_evaluator import predictors

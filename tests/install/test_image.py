@@ -99,7 +99,7 @@ def test_three_steps_run_in_the_image(container, spec, tmp_path, model_artifact,
     invocation = kf.executor_input(spec, task, artifacts, run_values, root)
     proc = run_in_image(container, spec, task, invocation, host)
     assert proc.returncode == 0, proc.stderr[-5000:]
-    assert f"Executor tfx_compression.components." in proc.stderr
+    assert "Executor tfx_compression.components." in proc.stderr
     return kf.read_executor_output(to_host(invocation["outputs"]["outputFile"], host))
 
   output = run("Pruner", upstream)

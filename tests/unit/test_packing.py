@@ -9,8 +9,6 @@ from tfx_compression.components.compression_evaluator import evaluation
 from tfx_compression.components.common import tflite_packing
 from tfx_compression.components.quantizer import quantization
 from tfx_compression.components.quantizer.config import QuantizerConfig
-from tests.unit.test_quantization import tiny_batches
-from tests.unit.test_quantization import tiny_dataset
 
 
 def shuffled_concat_model(seed=0):
