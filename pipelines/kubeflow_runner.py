@@ -25,6 +25,9 @@ Pruner:cpu=8,memory=32,gpu=2,gpu_type=NVIDIA_TESLA_T4``. The Pruner and the Quan
 QAT then fine-tune over the pod's GPUs (``distribution='auto'``: MirroredStrategy when
 several are visible; the image must carry a GPU build of TensorFlow).
 
+``--evaluator-beam-args "ARGS"`` gives Beam flags to the CompressionEvaluator's
+job only (e.g. Dataflow's), compiled into its container's arguments.
+
 The Trainer imports ``tfx_compression.pipelines.trainers.digits_trainer.run_fn`` from the package installed in
 the image instead of packaging a module file: nothing is written to the pipeline
 root at compile time, and the code that runs is the code in the image. ``--keras 3``
@@ -145,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
                  help="a step's own pod resources, repeatable: "
                       f"{_RESOURCE_HELP} (STEP: {', '.join(RESOURCE_STEPS)}; "
                       "memory in GB)")
+  p.add_argument("--evaluator-beam-args", default=None, metavar='"ARGS"',
+                 help="Beam pipeline arguments for the CompressionEvaluator's job "
+                      "only, in one quoted string, e.g. \"--runner=DataflowRunner "
+                      "--project=P --region=R --temp_location=gs://B/tmp "
+                      "--sdk_container_image=IMAGE\" (the evaluator README lists "
+                      "Dataflow, Flink and Spark's); the other steps run Beam's "
+                      "DirectRunner in their pods")
   p.add_argument("--no-cache", action="store_true",
                  help="compile with step caching off")
   return p
@@ -209,7 +219,8 @@ def compile_pipeline(image: str, pipeline_root: str, data_root: str,
                      resources: Optional[Dict[str, Dict[str, Any]]] = None,
                      search_sparsities: Optional[str] = None,
                      plan: bool = False, objective: str = "size",
-                     planner_kwargs: Optional[Dict[str, Any]] = None
+                     planner_kwargs: Optional[Dict[str, Any]] = None,
+                     evaluator_beam_args: Optional[List[str]] = None
                      ) -> Tuple[str, str]:
   """Compiles the demo pipeline; returns the paths of the JSON and the YAML written.
 
@@ -219,7 +230,9 @@ def compile_pipeline(image: str, pipeline_root: str, data_root: str,
   ``plan``: a CompressionPlanner instead of the Pruner and Quantizer (with
   ``objective`` and ``planner_kwargs``); its runtime parameters are max_drop
   and train_args only (it has no target sparsity, and its search steps are
-  half of ``prune_steps``, fixed when compiling).
+  half of ``prune_steps``, fixed when compiling). ``evaluator_beam_args``:
+  Beam flags for the CompressionEvaluator's job only (its pod runs the
+  launcher; e.g. Dataflow's).
 
   Example:
     json_path, yaml_path = compile_pipeline(
@@ -258,6 +271,9 @@ def compile_pipeline(image: str, pipeline_root: str, data_root: str,
       prune_steps=params.get(PRUNE_STEPS, prune_steps),
       train_args=params[TRAIN_ARGS], **common)
   _set_resources(pipe, resources or {})
+  for node in pipe.components:
+    if evaluator_beam_args and node.id == "CompressionEvaluator":
+      node.with_beam_pipeline_args(list(evaluator_beam_args))
   runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
       config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
           default_image=image, use_pipeline_spec_2_1=True))
@@ -332,6 +348,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise UsageError(f"{option} {value} must be >= 1.")
     resources = parse_resources(args.resources)
     planner_kwargs = _check_plan(args)
+    beam_args = (None if args.evaluator_beam_args is None else
+                 local_runner.evaluator_beam_args(args.evaluator_beam_args))
     serving_warning = None
     if args.serving_model_dir is not None:
       args.serving_model_dir, serving_warning = check_uri(
@@ -362,7 +380,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         quantization=args.quantization, enable_cache=not args.no_cache,
         keras=args.keras, resources=resources,
         search_sparsities=args.search_sparsities, plan=args.plan,
-        objective=args.objective or "size", planner_kwargs=planner_kwargs)
+        objective=args.objective or "size", planner_kwargs=planner_kwargs,
+        evaluator_beam_args=beam_args)
   except (ValueError, TypeError) as e:
     parser.error(str(e))
   print(json_path)

@@ -227,6 +227,41 @@ def test_bad_value_is_rejected_by_the_components_own_checks(tmp_path, option,
   assert not out.exists()
 
 
+def test_evaluator_beam_args_reach_only_the_evaluators_container(tmp_path,
+                                                                 compiled):
+  out = tmp_path / "p.json"
+  beam = ["--runner=DataflowRunner", "--project=p", "--region=europe-west4",
+          "--temp_location=gs://my-bucket/tmp",
+          "--sdk_container_image=" + IMAGE]
+  code, _, stderr = run_cli(["--image", IMAGE, "--pipeline-root", PIPELINE_ROOT,
+                             "--data-root", DATA_ROOT, "--output", str(out),
+                             "--evaluator-beam-args", " ".join(beam)])
+  assert code == 0, stderr
+  with open(out) as f:
+    containers = executors(json.load(f)["pipelineSpec"])
+  assert containers["CompressionEvaluator"]["args"][-len(beam):] == beam
+  # Every other step's container is as without the option.
+  default = executors(compiled["spec"])
+  for task, container in containers.items():
+    if task != "CompressionEvaluator":
+      assert not any(a in container["args"] for a in beam), task
+      assert container["args"] == default[task]["args"], task
+
+
+@pytest.mark.parametrize("value,needle", [
+    ("runner=DataflowRunner", "is not a --flag"),
+    ("--project='p", "cannot be split"),
+])
+def test_bad_evaluator_beam_args_exit_2(tmp_path, value, needle):
+  out = tmp_path / "p.json"
+  code, _, stderr = run_cli(["--image", IMAGE, "--pipeline-root", PIPELINE_ROOT,
+                             "--data-root", DATA_ROOT, "--output", str(out),
+                             f"--evaluator-beam-args={value}"])
+  assert code == 2 and needle in stderr and stderr.startswith("error: ")
+  assert "--evaluator-beam-args" in stderr
+  assert not out.exists()
+
+
 def test_local_pipeline_root_warns_but_compiles(tmp_path):
   out = tmp_path / "p.json"
   code, stdout, stderr = run_cli(["--image", IMAGE, "--pipeline-root",
