@@ -20,6 +20,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from typing import Any, Dict, List, Optional
@@ -101,21 +102,24 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
   import distributed  # pylint: disable=g-import-not-at-top
 
   root = tempfile.mkdtemp(prefix="evaluator-dask-")
-  examples, schema, baseline, candidate, count = _artifacts(
-      root, args.shards, args.steps)
-  inputs = {"baseline_model": baseline, "candidate_model": candidate,
-            "examples": examples, "schema": schema}
-  direct = _run(os.path.join(root, "direct"), inputs, args.batch_size, None)
-  started = time.time()
-  with distributed.LocalCluster(
-      n_workers=args.workers, threads_per_worker=1, processes=True,
-      dashboard_address=None, silence_logs=logging.WARNING) as cluster:
-    cluster_start = time.time() - started
-    with distributed.Client(cluster) as client:
-      with distributed.get_task_stream(client) as tasks:
-        dask = _run(os.path.join(root, "dask"), inputs, args.batch_size,
-                    [f"--runner={DASK_RUNNER}",
-                     f"--dask_client_address={cluster.scheduler_address}"])
+  try:
+    examples, schema, baseline, candidate, count = _artifacts(
+        root, args.shards, args.steps)
+    inputs = {"baseline_model": baseline, "candidate_model": candidate,
+              "examples": examples, "schema": schema}
+    direct = _run(os.path.join(root, "direct"), inputs, args.batch_size, None)
+    started = time.time()
+    with distributed.LocalCluster(
+        n_workers=args.workers, threads_per_worker=1, processes=True,
+        dashboard_address=None, silence_logs=logging.WARNING) as cluster:
+      cluster_start = time.time() - started
+      with distributed.Client(cluster) as client:
+        with distributed.get_task_stream(client) as tasks:
+          dask = _run(os.path.join(root, "dask"), inputs, args.batch_size,
+                      [f"--runner={DASK_RUNNER}",
+                       f"--dask_client_address={cluster.scheduler_address}"])
+  finally:
+    shutil.rmtree(root, ignore_errors=True)  # models, examples, outputs
   per_worker = collections.Counter(t["worker"] for t in tasks.data)
   differing = sorted(k for k in direct["report"]
                      if dask["report"].get(k) != direct["report"][k])
