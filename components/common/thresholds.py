@@ -54,6 +54,12 @@ METRIC_ALIASES = {
 QUALITY_FIELDS = ("max_drop", "max_relative_drop", "min_value")
 EFFICIENCY_FIELDS = ("min_compression_ratio", "max_latency_ratio")
 THRESHOLD_FIELDS = ("metric",) + QUALITY_FIELDS + EFFICIENCY_FIELDS
+# Values that stand in for a threshold known only at run time (a Kubeflow
+# RuntimeParameter), so that a component can check every other rule when the
+# pipeline is defined; valid with any metric but min_value's (a floor on a
+# lower-is-better metric is refused whatever its value).
+STAND_INS = {"max_drop": 0.0, "max_relative_drop": 0.0, "min_value": 0.0,
+             "min_compression_ratio": 1.0, "max_latency_ratio": 1.0}
 
 
 def canonical_metric(name: Any, parameter: str = "metric") -> str:

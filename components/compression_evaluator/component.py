@@ -200,13 +200,13 @@ class CompressionEvaluator(base_beam_component.BaseBeamComponent):
     }
     concrete = artifacts.concrete(params)
     runtime = {k for k, v in params.items() if artifacts.is_placeholder(v)}
-    if runtime <= set(_THRESHOLD_STAND_INS):
+    if runtime <= set(thresholds_lib.STAND_INS):
       # Every parameter but runtime thresholds (Kubeflow's max_drop) is known
       # now: a valid stand-in for each of those lets all the other rules be
       # checked together, as the CompressionPlanner does; the executor checks
       # the real values.
       config_lib.EvaluatorConfig.from_parameters(
-          {**concrete, **{k: _THRESHOLD_STAND_INS[k] for k in runtime}})
+          {**concrete, **{k: thresholds_lib.STAND_INS[k] for k in runtime}})
     else:
       _check_known_parameters(concrete)
     spec = CompressionEvaluatorSpec(
@@ -220,13 +220,6 @@ class CompressionEvaluator(base_beam_component.BaseBeamComponent):
         evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
         **params)
     super().__init__(spec=spec)
-
-
-# Values valid with any metric but min_value's (a floor on a lower-is-better
-# metric is refused whatever its value).
-_THRESHOLD_STAND_INS = {MAX_DROP_KEY: 0.0, MAX_RELATIVE_DROP_KEY: 0.0,
-                        MIN_VALUE_KEY: 0.0, MIN_COMPRESSION_RATIO_KEY: 1.0,
-                        MAX_LATENCY_RATIO_KEY: 1.0}
 
 
 def _check_known_parameters(concrete):

@@ -164,7 +164,7 @@ class CompressionPlanner(base_component.BaseComponent):
     runtime = [k for k in thresholds_lib.QUALITY_FIELDS
                if artifacts.is_placeholder(params.get(k))]
     config = config_lib.PlannerConfig.from_parameters(
-        {**concrete, **{k: 0.0 for k in runtime}})
+        {**concrete, **{k: thresholds_lib.STAND_INS[k] for k in runtime}})
     if not artifacts.is_placeholder(label_key) and not artifacts.is_placeholder(
         module_file):
       config.check_data_inputs(schema is not None, transform_graph is not None)
