@@ -34,19 +34,23 @@ def _status_mib(field: str) -> int:
     return int(f.read().split(field + ":")[1].split()[0]) // 1024
 
 
-def _memory_child(model_name: str, which: str) -> None:
-  """Prints 'before traced peak' MiB of one update path (a fresh process)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+def _kernels(model_name: str):
+  """Every Conv/Dense kernel of a ``tf_keras.applications`` model (96x96)."""
   import tf_keras  # pylint: disable=g-import-not-at-top
-  from tensorflow_model_optimization.python.core.sparsity.keras import pruning_impl  # pylint: disable=g-import-not-at-top
-  from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule  # pylint: disable=g-import-not-at-top
-  from tfx_compression.components.pruner import keras2_mask_select  # pylint: disable=g-import-not-at-top
   build = {"resnet50": tf_keras.applications.ResNet50,
            "mobilenetv2": tf_keras.applications.MobileNetV2}[model_name]
   model = build(weights=None, input_shape=(96, 96, 3), classes=10)
-  kernels = [tf.Variable(w) for w in model.weights
-             if w.name.split("/")[-1].startswith(("kernel", "depthwise_kernel"))]
-  del model
+  return [w for w in model.weights
+          if w.name.split("/")[-1].startswith(("kernel", "depthwise_kernel"))]
+
+
+def _memory_child(model_name: str, which: str) -> None:
+  """Prints 'before traced peak' MiB of one update path (a fresh process)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow_model_optimization.python.core.sparsity.keras import pruning_impl  # pylint: disable=g-import-not-at-top
+  from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule  # pylint: disable=g-import-not-at-top
+  from tfx_compression.components.pruner import keras2_mask_select  # pylint: disable=g-import-not-at-top
+  kernels = [tf.Variable(w) for w in _kernels(model_name)]
   step = tf.Variable(0)
   cls = (keras2_mask_select.SelectPruning if which == "ours"
          else pruning_impl.Pruning)
@@ -96,13 +100,8 @@ def main(argv=None) -> None:
     _memory(args.model)
     return
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tf_keras  # pylint: disable=g-import-not-at-top
   from tfx_compression.components.pruner import keras2_mask_select  # pylint: disable=g-import-not-at-top
-  build = {"resnet50": tf_keras.applications.ResNet50,
-           "mobilenetv2": tf_keras.applications.MobileNetV2}[args.model]
-  model = build(weights=None, input_shape=(96, 96, 3), classes=10)
-  kernels = [w for w in model.weights
-             if w.name.split("/")[-1].startswith(("kernel", "depthwise_kernel"))]
+  kernels = _kernels(args.model)
 
   def k_of(w):
     return tf.cast(tf.maximum(tf.round(tf.cast(tf.size(w), tf.float32) * 0.5),
